@@ -1,0 +1,1 @@
+"""Triton kernels of sgpo (installed as ``sgpo.kernels``)."""

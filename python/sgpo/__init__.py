@@ -1,0 +1,5 @@
+"""sgpo: data-efficient, robust preference alignment (SSAPO, SPPO, the DPO family)."""
+
+from sgpo._version import __version__
+
+__all__ = ["__version__"]
