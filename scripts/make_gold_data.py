@@ -6,8 +6,10 @@ scores them with :class:`sgpo.evaluation.VerifiableJudge`, and writes
 - ``prompts_test.jsonl``: the held-out evaluation prompts (test split of the task pairs);
 - ``gold_pool.jsonl``: the gold-labelled pool, one pair per prompt: the best-scored sample is chosen, the worst rejected
   (prompts whose samples all tie give no pair);
-- ``seed.jsonl``: the seed, about 3% of the pool as in the SSAPO paper (2K of UltraFeedback's 60K), drawn by seed;
-- ``prompts_rounds.jsonl``: train prompts without labels for the self-annotation rounds (``round`` = 1, 2, ...);
+- ``default_seed_pairs.jsonl``: the seed (the pipeline's default ``data.seed_pairs``), about 3% of the pool as in the
+  SSAPO paper (2K of UltraFeedback's 60K), drawn by seed;
+- ``default_prompts.jsonl``: train prompts without labels for the self-annotation rounds (``round`` = 1, 2, ...; the
+  pipeline's default ``data.prompts``);
 - ``manifest.json``: the settings and counts.
 
 Generation is resumable: finished chunks of samples are kept in ``--work-dir`` and reused.
@@ -123,9 +125,9 @@ def main() -> None:
 
     write_jsonl(out / "prompts_test.jsonl", [{"id": f"test-{i}", "prompt": s.text} for i, s in enumerate(test)])
     write_jsonl(out / "gold_pool.jsonl", pool)
-    write_jsonl(out / "seed.jsonl", seed)
+    write_jsonl(out / "default_seed_pairs.jsonl", seed)
     write_jsonl(
-        out / "prompts_rounds.jsonl",
+        out / "default_prompts.jsonl",
         [{"round": 1 + i // args.round_prompts, "prompt": p} for i, p in enumerate(round_prompts)],
     )
     manifest = {
