@@ -1,0 +1,198 @@
+"""Drop-in loss modules.
+
+:class:`FusedLinearPreferenceLoss` takes the call of Liger-Kernel's ``LigerFusedLinearDPOLoss`` (the lm_head weight,
+the last hidden states with chosen rows stacked over rejected rows, the already shifted targets) and returns the same
+``(loss, aux)``, so a Liger user swaps one import; it adds every loss of DESIGN 1.1, per-pair weights, SPPO's win
+probabilities and SSAPO's worst case. The log-probs come from :func:`sgpo.ops.fused_linear_token_logps`, which never
+holds the (B, T, V) logits, and the loss sees the whole batch at once, so batch-coupled objectives work.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from sgpo.ops import fused_linear_sequence_logps, fused_linear_token_logps, preference_losses
+from sgpo.reference import LOSS_TYPES, SPACES
+
+
+class FusedLinearPreferenceLoss(torch.nn.Module):
+    """lm_head + preference loss, chunked over tokens.
+
+    Args:
+        loss_type: one of :data:`sgpo.reference.LOSS_TYPES`.
+        beta, label_smoothing: as in :func:`sgpo.ops.preference_loss` (label smoothing is cDPO for ``sigmoid``, the
+            flip rate for ``robust``).
+        ignore_index: target value of positions that do not count (prompt, padding).
+        space: ``ssapo``'s space, ``"probability"`` or ``"margin"``.
+        ipo_length_normalized: ``ipo`` divides each log-ratio by its response's token count (TRL's variant).
+        average_log_prob: per-sequence mean of token log-probs instead of the sum.
+        compute_nll_loss, alpha: add ``alpha`` times the chosen responses' token-mean NLL (RPO), as Liger does.
+        use_ref_model: without reference log-probs or ``ref_input``, ``False`` takes them as 0 (reference-free).
+        chunk_tokens: tokens projected at a time (default :data:`sgpo.ops.logps.FUSED_CHUNK_TOKENS`).
+        compiled, chunk_size: accepted so ``LigerFusedLinearDPOLoss`` keyword arguments carry over; sgpo needs no
+            ``torch.compile`` and chunks over tokens, so they change nothing.
+
+    ``forward(lin_weight, _input, target, bias=None, ref_input=None, ref_weight=None, ref_bias=None, *,
+    ref_chosen_logps=None, ref_rejected_logps=None, chosen_win_prob=None, rejected_win_prob=None, worst_case=None,
+    weights=None)`` returns ``(loss, aux)`` with Liger's aux order: chosen log-probs, rejected log-probs, chosen logits
+    mean, rejected logits mean, NLL loss (0 unless ``compute_nll_loss``), chosen rewards, rejected rewards.
+    """
+
+    def __init__(
+        self,
+        loss_type: str = "sigmoid",
+        beta: float = 0.1,
+        label_smoothing: float = 0.0,
+        ignore_index: int = -100,
+        *,
+        space: str = "probability",
+        ipo_length_normalized: bool = False,
+        average_log_prob: bool = False,
+        compute_nll_loss: bool = False,
+        alpha: float = 1.0,
+        use_ref_model: bool = True,
+        chunk_tokens: int | None = None,
+        compiled: bool = True,
+        chunk_size: int = 1,
+    ) -> None:
+        super().__init__()
+        if loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type: unknown value {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
+        if space not in SPACES:
+            raise ValueError(f"space: unknown value {space!r}; expected one of {', '.join(SPACES)}")
+        if ipo_length_normalized and loss_type != "ipo":
+            raise ValueError(f"ipo_length_normalized: only loss_type='ipo' uses it, got loss_type={loss_type!r}")
+        self.loss_type = loss_type
+        self.beta = beta
+        self.label_smoothing = label_smoothing
+        self.ignore_index = ignore_index
+        self.space = space
+        self.ipo_length_normalized = ipo_length_normalized
+        self.average_log_prob = average_log_prob
+        self.compute_nll_loss = compute_nll_loss
+        self.alpha = alpha
+        self.use_ref_model = use_ref_model
+        self.chunk_tokens = chunk_tokens
+
+    def _reference_logps(
+        self,
+        lin_weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        target: torch.Tensor,
+        ref_input: torch.Tensor | None,
+        ref_weight: torch.Tensor | None,
+        ref_bias: torch.Tensor | None,
+        ref_chosen_logps: torch.Tensor | None,
+        ref_rejected_logps: torch.Tensor | None,
+        n_pairs: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if (ref_chosen_logps is None) != (ref_rejected_logps is None):
+            raise ValueError("ref_chosen_logps: pass both ref_chosen_logps and ref_rejected_logps, or neither")
+        if ref_chosen_logps is not None:
+            return ref_chosen_logps, ref_rejected_logps
+        if ref_input is not None:
+            if ref_input.shape[:2] != target.shape:
+                raise ValueError(
+                    f"ref_input: expected shape ({target.shape[0]}, {target.shape[1]}, H) like _input, "
+                    f"got {tuple(ref_input.shape)}"
+                )
+            if ref_weight is None:
+                # A frozen lm_head shared with the policy (the usual LoRA setup).
+                ref_weight, ref_bias = lin_weight, bias
+            with torch.no_grad():
+                ref = fused_linear_sequence_logps(
+                    ref_input,
+                    ref_weight,
+                    target,
+                    bias=ref_bias,
+                    ignore_index=self.ignore_index,
+                    average=self.average_log_prob,
+                    chunk_tokens=self.chunk_tokens,
+                )
+            return ref[:n_pairs], ref[n_pairs:]
+        if self.use_ref_model:
+            raise ValueError(
+                "ref_input: use_ref_model=True needs ref_input (with ref_weight, or the policy's lm_head) or "
+                "precomputed ref_chosen_logps/ref_rejected_logps"
+            )
+        zeros = torch.zeros(n_pairs, dtype=torch.float32, device=target.device)
+        return zeros, zeros
+
+    def forward(
+        self,
+        lin_weight: torch.Tensor,
+        _input: torch.Tensor,
+        target: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        ref_input: torch.Tensor | None = None,
+        ref_weight: torch.Tensor | None = None,
+        ref_bias: torch.Tensor | None = None,
+        *,
+        ref_chosen_logps: torch.Tensor | None = None,
+        ref_rejected_logps: torch.Tensor | None = None,
+        chosen_win_prob: Any = None,
+        rejected_win_prob: Any = None,
+        worst_case: Any = None,
+        weights: Any = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        if _input.dim() != 3 or _input.shape[0] % 2 or _input.shape[0] == 0:
+            raise ValueError(
+                "_input: expected shape (2 * n_pairs, T, H) with chosen rows stacked over rejected rows, "
+                f"got {tuple(_input.shape)}"
+            )
+        n_pairs, seq_len = _input.shape[0] // 2, _input.shape[1]
+        token = fused_linear_token_logps(
+            _input, lin_weight, target, bias=bias, ignore_index=self.ignore_index, chunk_tokens=self.chunk_tokens
+        )
+        mask = target != self.ignore_index
+        counts = mask.sum(-1)
+        logps = token.sum(-1)
+        if self.average_log_prob:
+            logps = logps / counts.clamp(min=1).to(logps.dtype)
+        chosen, rejected = logps[:n_pairs], logps[n_pairs:]
+        ref_chosen, ref_rejected = self._reference_logps(
+            lin_weight, bias, target, ref_input, ref_weight, ref_bias, ref_chosen_logps, ref_rejected_logps, n_pairs
+        )
+        lengths = (counts[:n_pairs], counts[n_pairs:]) if self.ipo_length_normalized else (None, None)
+        out = preference_losses(
+            chosen,
+            rejected,
+            ref_chosen,
+            ref_rejected,
+            loss_type=self.loss_type,
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+            chosen_win_prob=chosen_win_prob,
+            rejected_win_prob=rejected_win_prob,
+            worst_case=worst_case,
+            space=self.space,
+            weights=weights,
+            chosen_lengths=lengths[0],
+            rejected_lengths=lengths[1],
+        )
+        loss = out.losses.mean()
+        nll = torch.zeros((), dtype=loss.dtype, device=loss.device)
+        if self.compute_nll_loss:
+            nll = -token[:n_pairs].sum() / mask[:n_pairs].sum().clamp(min=1)
+            loss = loss + self.alpha * nll
+        with torch.no_grad():
+            # The mean logit over every position and the whole vocabulary needs no projection:
+            # sum_v (h . w_v + b_v) = h . sum_v w_v + sum_v b_v.
+            row_sums = _input.float().sum(1) @ lin_weight.float().sum(0)
+            if bias is not None:
+                row_sums = row_sums + seq_len * bias.float().sum()
+            scale = n_pairs * seq_len * lin_weight.shape[0]
+            chosen_logits_mean = row_sums[:n_pairs].sum() / scale
+            rejected_logits_mean = row_sums[n_pairs:].sum() / scale
+        aux = (
+            chosen.detach(),
+            rejected.detach(),
+            chosen_logits_mean,
+            rejected_logits_mean,
+            nll.detach(),
+            out.chosen_rewards,
+            out.rejected_rewards,
+        )
+        return loss, aux
