@@ -1,0 +1,294 @@
+"""sgpo's losses inside TRL's DPOTrainer: parity with TRL's own losses, ssapo's two modes, sppo's columns.
+
+Parity: the same tiny model, data and seed trained for three steps by ``trl.DPOTrainer`` and by ``SGPODPOTrainer``
+give the same logged losses, rewards and log-probs to rel 1e-6 and the same parameters to 1e-6 (in practice they are
+bit-identical: both compute each loss in float32 from the same log-probs).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("trl", reason="TRL is not installed; pip install 'sgpo[trl]' (the dev extra includes it)")
+
+import sgpo  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from sgpo.integrations.trl import (  # noqa: E402
+    SGPODPOConfig,
+    SGPODPOTrainer,
+    add_worst_case_columns,
+)
+from sgpo.models import build_tiny_model  # noqa: E402
+from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
+from trl import DPOConfig, DPOTrainer  # noqa: E402
+
+PROMPTS = ["hi ", "say a word: ", "ok? ", "no. ", "2+2=", "colour: ", "name one: ", "yes or no? "]
+CHOSEN = ["hello", "good", "fine", "right", "4", "blue", "Ada", "yes"]
+REJECTED = ["nope!", "bad", "meh..", "wrong", "five", "??", "x", "maybe so"]
+LOGGED = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen")
+
+
+def pairs(**columns: list) -> Dataset:
+    return Dataset.from_dict({"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED, **columns})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """The tiny model is far too small to gain from threads; on a loaded 2-core machine they cost 5-10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny model (seed 1) used as an explicit reference, so margins are far from 0 at step 1."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-reference"), seed=1)
+
+
+def config(cls: type, tmp_path: Path, **overrides) -> DPOConfig:
+    options = dict(
+        output_dir=str(tmp_path / cls.__name__),
+        per_device_train_batch_size=4,
+        max_steps=3,
+        learning_rate=1e-2,
+        logging_steps=1,
+        report_to=[],
+        use_cpu=True,
+        bf16=False,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
+    options.update(overrides)
+    return cls(**options)
+
+
+def train(trainer_cls: type, args: DPOConfig, model_dir: Path, dataset: Dataset, **kwargs) -> DPOTrainer:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    trainer = trainer_cls(model=str(model_dir), args=args, train_dataset=dataset, processing_class=tokenizer, **kwargs)
+    trainer.initial_params = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    return trainer
+
+
+def step_logs(trainer: DPOTrainer) -> list[dict]:
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+def assert_same_training(ours: DPOTrainer, theirs: DPOTrainer) -> None:
+    ours_logs, their_logs = step_logs(ours), step_logs(theirs)
+    assert len(ours_logs) == len(their_logs) == 3
+    for step, (a, b) in enumerate(zip(ours_logs, their_logs)):
+        for key in LOGGED:
+            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), f"step {step + 1}: {key}"
+    theirs_params = dict(theirs.model.named_parameters())
+    for name, param in ours.model.named_parameters():
+        torch.testing.assert_close(param, theirs_params[name], rtol=0, atol=1e-6, msg=name)
+    moved = max((theirs_params[n] - p).abs().max().item() for n, p in theirs.initial_params.items())
+    assert moved > 1e-4, "training did not move the parameters; the comparison would be vacuous"
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "label_smoothing"),
+    [("sigmoid", 0.0), ("hinge", 0.0), ("ipo", 0.0), ("robust", 0.2), ("sppo_hard", 0.0)],
+)
+def test_reproduces_trl_losses_and_parameters(
+    tiny_model_dir: Path, tmp_path: Path, loss_type: str, label_smoothing: float
+) -> None:
+    dataset = pairs()
+    options = dict(loss_type=loss_type, label_smoothing=label_smoothing)
+    theirs = train(DPOTrainer, config(DPOConfig, tmp_path, **options), tiny_model_dir, dataset)
+    ours = train(SGPODPOTrainer, config(SGPODPOConfig, tmp_path, **options), tiny_model_dir, dataset)
+    assert_same_training(ours, theirs)
+
+
+@pytest.mark.parametrize("reference", ["peft", "precomputed"])
+def test_reproduces_trl_with_its_reference_setups(tiny_model_dir: Path, tmp_path: Path, reference: str) -> None:
+    dataset = pairs()
+    kwargs, overrides = {}, {}
+    if reference == "peft":
+        peft = pytest.importorskip("peft")
+        kwargs["peft_config"] = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    else:
+        overrides["precompute_ref_log_probs"] = True
+    theirs = train(DPOTrainer, config(DPOConfig, tmp_path, **overrides), tiny_model_dir, dataset, **kwargs)
+    ours = train(SGPODPOTrainer, config(SGPODPOConfig, tmp_path, **overrides), tiny_model_dir, dataset, **kwargs)
+    # the reference is the adapter disabled (PEFT) or the dataset's ref_*_logps columns: no reference model is kept
+    assert ours.ref_model is None
+    if reference == "precomputed":
+        assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(ours.train_dataset.column_names)
+    assert_same_training(ours, theirs)
+
+
+def hand_logps(model_dir: Path, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chosen and rejected log-probs of a collated TRL batch from the plain logits and sgpo.ops.sequence_logps."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
+    logps = sgpo.ops.sequence_logps(logits[:, :-1], labels[:, 1:])
+    return logps.chunk(2), model
+
+
+def one_full_batch_step(tmp_path: Path, **overrides) -> SGPODPOConfig:
+    """One plain SGD step on all eight pairs at once, so the step's loss and update can be recomputed by hand."""
+    options = dict(
+        per_device_train_batch_size=len(PROMPTS),
+        max_steps=1,
+        optim="sgd",
+        learning_rate=0.5,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        beta=0.5,
+    )
+    options.update(overrides)
+    return config(SGPODPOConfig, tmp_path, **options)
+
+
+def test_ssapo_batch_mode_equals_follower_then_loss_by_hand(
+    tiny_model_dir: Path, reference_dir: Path, tmp_path: Path
+) -> None:
+    assert hasattr(sgpo, "worst_case"), "sgpo.worst_case is the follower this mode calls"
+    args = one_full_batch_step(tmp_path, loss_type="ssapo", ssapo_epsilon=0.05, ssapo_pieces=4)
+    reference = AutoModelForCausalLM.from_pretrained(reference_dir)
+    dataset = pairs()
+    trainer = train(SGPODPOTrainer, args, tiny_model_dir, dataset, ref_model=reference)
+    logged = step_logs(trainer)[0]
+
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(dataset))])
+    (chosen, rejected), policy = hand_logps(tiny_model_dir, batch)
+    with torch.no_grad():
+        (ref_chosen, ref_rejected), _ = hand_logps(reference_dir, batch)
+    margins = args.beta * ((chosen - ref_chosen) - (rejected - ref_rejected)).detach()
+    worst = sgpo.worst_case(margins, 0.05, pieces=4, space="probability")
+    assert torch.as_tensor(worst.shifts).abs().max() > 1e-4, "the follower moved nothing; the check would be vacuous"
+    loss = sgpo.ops.preference_loss(
+        chosen, rejected, ref_chosen, ref_rejected, loss_type="ssapo", beta=args.beta, worst_case=worst
+    )
+    no_follower = sgpo.ops.preference_loss(
+        chosen,
+        rejected,
+        ref_chosen,
+        ref_rejected,
+        loss_type="ssapo",
+        beta=args.beta,
+        worst_case=(torch.ones(8, 1), torch.zeros(8, 1)),
+    )
+    assert abs(loss.item() - no_follower.item()) > 1e-3
+    assert logged["loss"] == pytest.approx(loss.item(), rel=1e-5)
+    expected_shift = (torch.as_tensor(worst.weights) * torch.as_tensor(worst.shifts)).sum(-1).mean().item()
+    assert logged["ssapo/shift"] == pytest.approx(expected_shift, rel=1e-5, abs=1e-7)
+
+    # the update is the gradient of that loss, with the follower's answer held fixed (the Stackelberg leader step)
+    loss.backward()
+    trained = dict(trainer.model.named_parameters())
+    for name, param in policy.named_parameters():
+        expected = param.detach() - args.learning_rate * param.grad
+        torch.testing.assert_close(trained[name].detach(), expected, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_ssapo_columns_mode_reads_the_precomputed_worst_case(
+    tiny_model_dir: Path, reference_dir: Path, tmp_path: Path
+) -> None:
+    generator = torch.Generator().manual_seed(3)
+    weights = torch.rand(len(PROMPTS), 3, generator=generator, dtype=torch.float64)
+    weights = weights / weights.sum(-1, keepdim=True)
+    shifts = 0.3 * torch.rand(len(PROMPTS), 3, generator=generator, dtype=torch.float64)
+    dataset = add_worst_case_columns(pairs(), (weights, shifts))
+    args = one_full_batch_step(tmp_path, loss_type="ssapo", ssapo_worst_case="columns")
+    reference = AutoModelForCausalLM.from_pretrained(reference_dir)
+    trainer = train(SGPODPOTrainer, args, tiny_model_dir, dataset, ref_model=reference)
+    logged = step_logs(trainer)[0]
+
+    # rows collated in dataset order; the trainer saw them shuffled, so it matches only if each row kept its own W, D
+    rows = [trainer.train_dataset[i] for i in range(len(PROMPTS))]
+    batch = trainer.data_collator(rows)
+    torch.testing.assert_close(batch["worst_case_weights"], weights.float())
+    with torch.no_grad():
+        (chosen, rejected), _ = hand_logps(tiny_model_dir, batch)
+        (ref_chosen, ref_rejected), _ = hand_logps(reference_dir, batch)
+    expected = sgpo.ops.preference_loss(
+        chosen, rejected, ref_chosen, ref_rejected, loss_type="ssapo", beta=args.beta, worst_case=(weights, shifts)
+    )
+    swapped = sgpo.ops.preference_loss(
+        chosen,
+        rejected,
+        ref_chosen,
+        ref_rejected,
+        loss_type="ssapo",
+        beta=args.beta,
+        worst_case=(weights.roll(1, 0), shifts.roll(1, 0)),
+    )
+    assert abs(expected.item() - swapped.item()) > 1e-3
+    assert logged["loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert logged["ssapo/shift"] == pytest.approx((weights * shifts).sum(-1).mean().item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("names", [("chosen_win_prob", "rejected_win_prob"), ("chosen_probs_win", "chosen_probs_lose")])
+def test_sppo_reads_win_probability_columns(
+    tiny_model_dir: Path, reference_dir: Path, tmp_path: Path, names: tuple[str, str]
+) -> None:
+    p_win = [0.9, 0.8, 0.7, 0.6, 0.95, 0.55, 0.75, 0.85]
+    p_lose = [0.1, 0.3, 0.2, 0.4, 0.05, 0.45, 0.25, 0.15]
+    dataset = pairs(**{names[0]: p_win, names[1]: p_lose})
+    args = one_full_batch_step(tmp_path, loss_type="sppo", precompute_ref_log_probs=True)
+    reference = AutoModelForCausalLM.from_pretrained(reference_dir)
+    trainer = train(SGPODPOTrainer, args, tiny_model_dir, dataset, ref_model=reference)
+    logged = step_logs(trainer)[0]
+
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(PROMPTS))])
+    with torch.no_grad():
+        (chosen, rejected), _ = hand_logps(tiny_model_dir, batch)
+        (ref_chosen, ref_rejected), _ = hand_logps(reference_dir, batch)
+    torch.testing.assert_close(batch["ref_chosen_logps"], ref_chosen, rtol=1e-5, atol=1e-4)
+    expected = sgpo.ops.preference_loss(
+        chosen,
+        rejected,
+        ref_chosen,
+        ref_rejected,
+        loss_type="sppo",
+        beta=args.beta,
+        chosen_win_prob=torch.tensor(p_win),
+        rejected_win_prob=torch.tensor(p_lose),
+    )
+    assert logged["loss"] == pytest.approx(expected.item(), rel=1e-5)
+
+    # a dataset handed to evaluate() gets its reference log-probs through the collator that carries the columns
+    metrics = trainer.evaluate(pairs(**{names[0]: p_lose, names[1]: p_win}))
+    assert math.isfinite(metrics["eval_loss"]) and "eval_rewards/margins" in metrics
+
+
+def test_bad_configurations_name_the_argument(tiny_model_dir: Path, tmp_path: Path) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    with pytest.raises(ValueError, match=r"loss_type: \['exo_pair'\]"):
+        config(SGPODPOConfig, tmp_path, loss_type="exo_pair")
+    with pytest.raises(ValueError, match="ssapo_worst_case"):
+        config(SGPODPOConfig, tmp_path, loss_type="ssapo", ssapo_worst_case="dataset")
+    with pytest.raises(ValueError, match="label_smoothing"):
+        config(SGPODPOConfig, tmp_path, loss_type="hinge", label_smoothing=0.1)
+    with pytest.raises(ValueError, match="ld_alpha"):
+        config(SGPODPOConfig, tmp_path, ld_alpha=0.5)
+    with pytest.raises(ValueError, match="args: expected an sgpo.integrations.trl.SGPODPOConfig"):
+        SGPODPOTrainer(str(tiny_model_dir), args=config(DPOConfig, tmp_path), train_dataset=pairs())
+    with pytest.raises(ValueError, match="chosen_probs_win/chosen_probs_lose"):
+        SGPODPOTrainer(
+            str(tiny_model_dir),
+            args=config(SGPODPOConfig, tmp_path, loss_type="sppo"),
+            train_dataset=pairs(),
+            processing_class=tokenizer,
+        )
+    with pytest.raises(ValueError, match="'worst_case_weights'.*add_worst_case_columns"):
+        SGPODPOTrainer(
+            str(tiny_model_dir),
+            args=config(SGPODPOConfig, tmp_path, loss_type="ssapo", ssapo_worst_case="columns"),
+            train_dataset=pairs(),
+            processing_class=tokenizer,
+        )
+    with pytest.raises(ValueError, match=r"worst_case: expected weights and shifts of shape \(8, K\)"):
+        add_worst_case_columns(pairs(), (torch.ones(7, 2), torch.zeros(7, 2)))
