@@ -12,6 +12,7 @@ from collections.abc import Sequence
 _COMMANDS: dict[str, str] = {
     "info": "sgpo.info:add_parser",
     "demo": "sgpo.demo:add_parser",
+    "eval": "sgpo.evaluation.evaluate:add_parser",
 }
 
 

@@ -158,9 +158,13 @@ class VerifiableJudge:
         self.temperature = float(temperature)
 
     @staticmethod
-    def spec(prompt: str) -> PromptSpec:
+    def spec(prompt: str | Sequence[dict[str, str]]) -> PromptSpec:
+        """The prompt's spec; a chat message list is judged by its last user message."""
         if not isinstance(prompt, str):
-            raise ValueError(f"prompt: expected a string, got {type(prompt).__name__}")
+            users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+            if not users or not isinstance(users[-1], str):
+                raise ValueError(f"prompt: expected a string or chat messages with a user turn, got {prompt!r:.80}")
+            prompt = users[-1]
         return parse_prompt(prompt)
 
     def score(self, prompt: str, response: str) -> float:

@@ -1,0 +1,175 @@
+"""The evaluation report: markdown tables and PNG plots (matplotlib, Agg backend, so no display is needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from sgpo.evaluation.judge import WinRate
+
+
+@dataclass
+class ModelResult:
+    """One evaluated model against the baseline."""
+
+    label: str
+    model: str
+    win: WinRate
+    mean_score: float
+    baseline_mean_score: float
+    mean_chars: float
+
+
+@dataclass
+class RoundArtifacts:
+    """What a training round left on disk that the report plots: its pair margins and the follower's worst case."""
+
+    round: int
+    margins: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    shifts: np.ndarray | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_win_rates(results: Sequence[ModelResult], path: Path) -> Path:
+    plt = _pyplot()
+    x = np.arange(len(results))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(results) + 2), 3.2))
+    wr = [100 * r.win.win_rate for r in results]
+    lc = [100 * r.win.lc_win_rate for r in results]
+    err = [100 * r.win.stderr for r in results]
+    ax.errorbar(x, wr, yerr=err, marker="o", capsize=3, label="win rate")
+    ax.plot(x, lc, marker="s", linestyle="--", label="LC win rate")
+    ax.axhline(50, color="grey", linewidth=0.8)
+    ax.set_xticks(x, [r.label for r in results], rotation=20)
+    ax.set_ylabel("% vs baseline")
+    ax.set_ylim(0, 100)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_margin_histograms(rounds: Sequence[RoundArtifacts], path: Path) -> Path:
+    plt = _pyplot()
+    shown = [r for r in rounds if r.margins is not None and r.margins.size]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 2.8), squeeze=False)
+    for ax, r in zip(axes[0], shown, strict=True):
+        ax.hist(r.margins, bins=30, color="tab:blue", alpha=0.8)
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.set_title(f"round {r.round}")
+        ax.set_xlabel("margin")
+    axes[0][0].set_ylabel("pairs")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_follower(rounds: Sequence[RoundArtifacts], path: Path) -> Path:
+    """Per round: the mass the follower moves off each margin and its mean displacement, against the margin."""
+    plt = _pyplot()
+    shown = [r for r in rounds if r.weights is not None and r.shifts is not None and r.margins is not None]
+    fig, axes = plt.subplots(2, len(shown), figsize=(3.2 * len(shown), 5.0), squeeze=False)
+    for col, r in enumerate(shown):
+        w, d = np.asarray(r.weights), np.asarray(r.shifts)
+        moved = (w * (np.abs(d) > 1e-12)).sum(axis=1)
+        mean_shift = (w * d).sum(axis=1)
+        axes[0][col].scatter(r.margins, moved, s=6)
+        axes[0][col].set_title(f"round {r.round}")
+        axes[1][col].scatter(r.margins, mean_shift, s=6, color="tab:red")
+        axes[1][col].set_xlabel("margin")
+    axes[0][0].set_ylabel("mass moved")
+    axes[1][0].set_ylabel("sum_k W D")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def results_table(results: Sequence[ModelResult]) -> str:
+    lines = [
+        "| model | win rate % | LC win rate % | wins / ties / losses | mean score | baseline score | mean chars |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        w = r.win
+        lines.append(
+            f"| {r.label} | {_pct(w.win_rate)} ± {_pct(w.stderr)} | {_pct(w.lc_win_rate)} | "
+            f"{w.wins} / {w.ties} / {w.losses} | {r.mean_score:.3f} | {r.baseline_mean_score:.3f} | "
+            f"{r.mean_chars:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def rounds_table(rounds: Sequence[RoundArtifacts]) -> str:
+    lines = ["| round | pairs | mean margin | margins < 0 | mass moved by the follower |", "|---|---|---|---|---|"]
+    for r in rounds:
+        if r.margins is None or not r.margins.size:
+            continue
+        moved = "-"
+        if r.weights is not None and r.shifts is not None:
+            moved = f"{float((r.weights * (np.abs(r.shifts) > 1e-12)).sum(axis=1).mean()):.4f}"
+        lines.append(
+            f"| {r.round} | {r.margins.size} | {float(r.margins.mean()):.4f} | "
+            f"{float((r.margins < 0).mean()):.2f} | {moved} |"
+        )
+    return "\n".join(lines)
+
+
+def write_report(
+    output_dir: Path,
+    *,
+    title: str,
+    results: Sequence[ModelResult],
+    rounds: Sequence[RoundArtifacts],
+    settings: dict[str, object],
+    baseline: str,
+) -> Path:
+    """Write ``report.md`` and its PNGs into ``output_dir``; returns the report's path."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    parts = [f"# {title}", "", f"Baseline: `{baseline}`. Judge: `VerifiableJudge` (exact constraint checks).", ""]
+    parts += ["## Win rate against the baseline", "", results_table(results), ""]
+    parts += [
+        "Win rate: ties count 1/2; ± is the standard error over prompts. LC win rate: the intercept of a logistic "
+        "regression of the outcome on tanh(length difference / its std), i.e. the predicted win rate at equal "
+        "length (see `sgpo.evaluation.judge`).",
+        "",
+    ]
+    if results:
+        plot_win_rates(results, output_dir / "win_rate.png")
+        parts += ["![win rate per round](win_rate.png)", ""]
+    if any(r.margins is not None and r.margins.size for r in rounds):
+        plot_margin_histograms(rounds, output_dir / "margins.png")
+        parts += ["## Training rounds", "", rounds_table(rounds), "", "![margin histograms](margins.png)", ""]
+    if any(r.weights is not None and r.margins is not None for r in rounds):
+        plot_follower(rounds, output_dir / "follower.png")
+        parts += [
+            "Follower (worst case in the Wasserstein ball): per pair, the probability mass moved off its margin and "
+            "the weighted displacement sum_k W_ik D_ik, against the margin.",
+            "",
+            "![follower weights and displacements](follower.png)",
+            "",
+        ]
+    parts += ["## Settings", "", "| key | value |", "|---|---|"]
+    parts += [f"| {k} | `{v}` |" for k, v in settings.items()]
+    path = output_dir / "report.md"
+    path.write_text("\n".join(parts) + "\n")
+    return path
