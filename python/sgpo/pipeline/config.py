@@ -1,0 +1,379 @@
+"""Run configuration: nested dataclasses read from YAML, overridable from the command line as ``key.sub=value``.
+
+Every hyperparameter of a run lives here under the names TRL users know (``beta``, ``loss_type``,
+``label_smoothing``, ...); the bundled recipes in ``sgpo/configs/*.yaml`` set the papers' values. Unknown keys are
+errors that list the valid ones, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sgpo.reference import LOSS_TYPES, SPACES
+
+METHODS = ("ssapo", "sppo", "dpo")
+OPTIMIZERS = ("adamw", "rmsprop")
+SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "SmolLM2-135M-Instruct"
+    dtype: str = "float32"
+    # LoRA: the reference is the policy with its adapter disabled; false = full fine-tuning with a frozen reference
+    lora: bool = True
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    gradient_checkpointing: bool = False
+    system_prompt: str | None = None
+
+
+@dataclass
+class DataConfig:
+    # "default" = the small files bundled in sgpo/data; else a JSON/JSONL/parquet path, a saved dataset or a hub name
+    seed_pairs: str | None = "default"
+    prompts: str | None = "default"
+    split: str = "train"
+    prompt_column: str = "prompt"
+    chosen_column: str = "chosen"
+    rejected_column: str = "rejected"
+    # with prompts: null, this fraction of seed_pairs is the gold seed, the rest is used prompt-only (paper: 2K of 60K)
+    seed_fraction: float | None = None
+    max_seed_pairs: int | None = None
+    # new prompts per round t = 1..rounds (paper: 8K/20K/30K); one number = the same each round; null = the prompts'
+    # round_column when the table has it, else the pool split evenly
+    prompts_per_round: list[int] | int | None = None
+    round_column: str = "round"
+    max_prompt_length: int = 256
+    max_length: int = 512
+    # over-long prompts: "truncate" keeps their last max_prompt_length tokens, "skip" drops them; both are counted
+    long_prompts: str = "truncate"
+
+
+@dataclass
+class GenerationConfig:
+    num_samples: int = 2
+    max_new_tokens: int = 300
+    temperature: float = 0.7
+    top_p: float = 1.0
+    batch_size: int = 8
+    # "auto" uses vLLM when it is installed and a GPU is present, else transformers' generate
+    backend: str = "auto"
+
+
+@dataclass
+class JudgeConfig:
+    # implicit_reward | reward_model | verifiable | "package.module:Class"
+    name: str = "implicit_reward"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FollowerConfig:
+    epsilon: float = 0.01
+    pieces: int = 6
+    space: str = "probability"
+    # probability space: xi = sigmoid(gamma * h) (the paper's code uses gamma = 0.1); margin space: xi = beta * h
+    gamma: float = 0.1
+    group_size: int | None = None
+    max_shift: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    loss_type: str = "ssapo"
+    beta: float = 0.1
+    label_smoothing: float = 0.0
+    learning_rate: float = 3e-7
+    epochs: int = 1
+    # the global batch (pairs per optimizer step over all processes); per_device_batch_size sets accumulation
+    batch_size: int = 32
+    per_device_batch_size: int = 4
+    optimizer: str = "adamw"
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "auto"
+
+
+@dataclass
+class Round0Config:
+    """Round 0: DPO on the gold seed pairs; a null value takes the ``train`` section's."""
+
+    enabled: bool = True
+    loss_type: str = "sigmoid"
+    beta: float | None = None
+    learning_rate: float | None = None
+    epochs: int | None = None
+
+
+@dataclass
+class RefinementConfig:
+    """SPA self-refinement (arXiv 2406.04412, DESIGN 1.5): confidence-guided label smoothing of self-annotated pairs."""
+
+    enabled: bool = False
+    alpha: float = 0.1
+    quantile: float = 0.1
+
+
+@dataclass
+class EvaluateConfig:
+    # prompts whose responses the judge scores after every round (null = no evaluation)
+    prompts: str | None = None
+    num_prompts: int = 32
+    judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(name="verifiable"))
+    max_new_tokens: int | None = None
+
+
+@dataclass
+class LoggingConfig:
+    report_to: list[str] = field(default_factory=list)
+    progress: bool = True
+
+
+@dataclass
+class RunConfig:
+    method: str = "ssapo"
+    rounds: int = 3
+    seed: int = 42
+    output_dir: str = "runs/sgpo"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    follower: FollowerConfig = field(default_factory=FollowerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    round0: Round0Config = field(default_factory=Round0Config)
+    refinement: RefinementConfig = field(default_factory=RefinementConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> RunConfig:
+        """Raise ``ValueError`` naming the key for any value the run cannot use; returns ``self``."""
+        _choice("method", self.method, METHODS)
+        _check("rounds", self.rounds, self.rounds >= 0, "an integer >= 0")
+        if self.method == "dpo" and self.rounds:
+            raise ValueError(
+                f"rounds: method 'dpo' trains offline on labelled pairs only; expected 0, got {self.rounds}"
+            )
+        if self.method in ("ssapo", "dpo") and self.data.seed_pairs is None:
+            raise ValueError(f"data.seed_pairs: method {self.method!r} needs labelled pairs, got null")
+        if self.method != "dpo" and self.rounds > 0 and self.data.prompts is None and self.data.seed_fraction is None:
+            raise ValueError("data.prompts: rounds need prompts; give data.prompts or data.seed_fraction")
+        d = self.data
+        if d.seed_fraction is not None:
+            _check("data.seed_fraction", d.seed_fraction, 0 < d.seed_fraction < 1, "a number in (0, 1)")
+        _choice("data.long_prompts", d.long_prompts, ("truncate", "skip"))
+        _check("data.max_prompt_length", d.max_prompt_length, d.max_prompt_length >= 1, "an integer >= 1")
+        _check("data.max_length", d.max_length, d.max_length > d.max_prompt_length, "more than data.max_prompt_length")
+        per_round = d.prompts_per_round
+        if isinstance(per_round, list):
+            _check("data.prompts_per_round", per_round, len(per_round) == self.rounds, f"{self.rounds} counts")
+        if per_round is not None:
+            counts = per_round if isinstance(per_round, list) else [per_round]
+            _check("data.prompts_per_round", per_round, all(c >= 1 for c in counts), "counts >= 1")
+        g = self.generation
+        _check("generation.num_samples", g.num_samples, g.num_samples >= 2, "an integer >= 2 (pairs need two)")
+        _check("generation.max_new_tokens", g.max_new_tokens, g.max_new_tokens >= 1, "an integer >= 1")
+        _check("generation.temperature", g.temperature, g.temperature >= 0, "a number >= 0")
+        _check("generation.top_p", g.top_p, 0 < g.top_p <= 1, "a number in (0, 1]")
+        _check("generation.batch_size", g.batch_size, g.batch_size >= 1, "an integer >= 1")
+        _choice("generation.backend", g.backend, ("auto", "transformers", "vllm"))
+        f = self.follower
+        _check("follower.epsilon", f.epsilon, f.epsilon >= 0 and math.isfinite(f.epsilon), "a finite number >= 0")
+        _check("follower.pieces", f.pieces, f.pieces >= 1, "an integer >= 1")
+        _choice("follower.space", f.space, SPACES)
+        _check("follower.gamma", f.gamma, f.gamma > 0, "a number > 0")
+        t = self.train
+        _choice("train.loss_type", t.loss_type, LOSS_TYPES)
+        if self.method == "ssapo" and t.loss_type != "ssapo":
+            raise ValueError(f"train.loss_type: method 'ssapo' trains the 'ssapo' loss, got {t.loss_type!r}")
+        if self.method == "sppo" and t.loss_type not in ("sppo", "sppo_hard"):
+            raise ValueError(f"train.loss_type: method 'sppo' trains 'sppo' or 'sppo_hard', got {t.loss_type!r}")
+        if self.method == "dpo" and t.loss_type in ("sppo", "ssapo"):
+            raise ValueError(f"train.loss_type: {t.loss_type!r} needs self-play rounds; method 'dpo' is offline")
+        for name in ("beta", "learning_rate"):
+            value = getattr(t, name)
+            _check(f"train.{name}", value, value > 0 and math.isfinite(value), "a finite number > 0")
+        _check("train.epochs", t.epochs, t.epochs >= 1, "an integer >= 1")
+        _check("train.per_device_batch_size", t.per_device_batch_size, t.per_device_batch_size >= 1, "an integer >= 1")
+        _check("train.batch_size", t.batch_size, t.batch_size >= 1, "an integer >= 1")
+        _choice("train.optimizer", t.optimizer, OPTIMIZERS)
+        _choice("train.scheduler", t.scheduler, SCHEDULERS)
+        _check("train.warmup_ratio", t.warmup_ratio, 0 <= t.warmup_ratio < 1, "a number in [0, 1)")
+        _choice("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
+        r = self.round0
+        if r.enabled:
+            _choice("round0.loss_type", r.loss_type, tuple(x for x in LOSS_TYPES if x not in ("sppo", "ssapo")))
+            if r.epochs is not None:
+                _check("round0.epochs", r.epochs, r.epochs >= 1, "an integer >= 1")
+        s = self.refinement
+        _check("refinement.alpha", s.alpha, 0 <= s.alpha <= 0.5, "a number in [0, 0.5]")
+        _check("refinement.quantile", s.quantile, 0 <= s.quantile <= 1, "a number in [0, 1]")
+        if s.enabled and self.method != "ssapo":
+            raise ValueError(
+                f"refinement.enabled: SPA refinement applies to self-annotated rounds; method is {self.method!r}"
+            )
+        return self
+
+
+def _check(key: str, value: Any, ok: bool, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{key}: expected {expected}, got {value!r}")
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{key}: unknown value {value!r}; expected one of {', '.join(choices)}")
+
+
+def _fields(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Check ``value`` against a field's type, converting ints to floats and parsing nested sections."""
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping of {annotation.__name__} keys, got {value!r}")
+        return _build(annotation, value, prefix=f"{key}.")
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(key, value, option)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(errors[0] if len(errors) == 1 else f"{key}: {value!r} does not fit {annotation}")
+    if origin is list:
+        (item,) = typing.get_args(annotation)
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{key}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    known = _fields(cls)
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(
+            f"{prefix}{unknown[0]}: unknown config key; valid keys{' in ' + prefix[:-1] if prefix else ''}: "
+            f"{', '.join(known)}"
+        )
+    instance = cls()
+    for name, value in values.items():
+        setattr(instance, name, _coerce(f"{prefix}{name}", value, hints[name]))
+    return instance
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def bundled_configs() -> list[str]:
+    """Names of the YAML recipes shipped in ``sgpo/configs``."""
+    root = resources.files("sgpo") / "configs"
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def config_path(name_or_path: str | Path) -> Path:
+    """A bundled recipe name (``default``, ``tiny``, ``mistral-7b_ssapo``, ...) or a YAML file path."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"config: {path} does not exist")
+        return path
+    bundled = Path(str(resources.files("sgpo") / "configs" / f"{name_or_path}.yaml"))
+    if not bundled.is_file():
+        raise FileNotFoundError(
+            f"config: {str(name_or_path)!r} is neither a YAML file nor a bundled config "
+            f"({', '.join(bundled_configs())})"
+        )
+    return bundled
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value parsed as YAML, so numbers, booleans, null and lists work)."""
+    if "=" not in text:
+        raise ValueError(f"override: expected key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ValueError(f"override: expected a dotted key before '=', got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ValueError(f"override: cannot parse the value of {key!r}: {err}") from err
+    return key.split("."), value
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a recipe, apply ``key.sub=value`` overrides and validate; raises ``ValueError`` naming any bad key."""
+    path = config_path(name_or_path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config: {path} is not valid YAML: {err}") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"config: {path} must hold a mapping of keys, got {type(values).__name__}")
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested: Any = value
+        for key in reversed(keys):
+            nested = {key: nested}
+        values = _merge(values, nested)
+    return config_from_dict(values)
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """A validated :class:`RunConfig` from a (possibly partial) nested mapping."""
+    return _build(RunConfig, values).validate()

@@ -1,0 +1,293 @@
+"""The leader: one round of preference training with accelerate (SSAPO Alg. 1 step 4, and round 0's DPO).
+
+The reference is the policy as it stands when the round starts (pi_t, the paper's code; the SFT model in round 0), so
+its log-probs are computed once, before the first step, and no second copy of the model is kept for them. Every global
+batch of ``train.batch_size`` pairs is split over the processes and then into micro-batches; each micro-batch's loss is
+scaled so that the accumulated, all-reduced gradient is exactly the mean over the global batch, whatever the number of
+processes: a 2-process run takes the same steps as a 1-process run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import sgpo.ops
+from sgpo.generation import format_prompt
+
+IGNORE_INDEX = -100
+
+
+def encode(
+    tokenizer: Any, prompt: Any, response: str, *, system_prompt: str | None, max_length: int
+) -> tuple[list[int], list[int]]:
+    """Token ids of the templated prompt followed by the response and EOS, and labels aligned with them.
+
+    ``labels[t]`` is the token at ``t + 1`` when it belongs to the response, else ``IGNORE_INDEX``: logits at position
+    ``t`` line up with ``labels[t]`` without a shift. The response is cut to fit ``max_length`` tokens in all.
+    """
+    prompt_ids = tokenizer(format_prompt(tokenizer, prompt, system_prompt), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    response_ids = response_ids[: max(1, max_length - len(prompt_ids))]
+    ids = prompt_ids + response_ids
+    labels = [IGNORE_INDEX] * (len(prompt_ids) - 1) + response_ids + [IGNORE_INDEX]
+    return ids, labels
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for r, (ids, lab) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        attention_mask[r, : len(ids)] = 1
+        labels[r, : len(lab)] = torch.tensor(lab)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class SequenceScorer(nn.Module):
+    """Wraps a causal LM so that its forward returns per-sequence log-probs of the labelled tokens.
+
+    Going through one module's forward keeps DDP/FSDP hooks in place while the scorer skips the (B, T, V) logits of
+    the prompt: the fused op never materialises them, and the fallback projects only the columns that hold labels.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def _base(self) -> nn.Module:
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        base = self._base()
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        head = base.get_output_embeddings()
+        labelled = (labels != IGNORE_INDEX).any(0).nonzero()
+        start = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
+        hidden, labels = hidden[:, start:], labels[:, start:]
+        fused = getattr(sgpo.ops, "fused_linear_sequence_logps", None)
+        # ZeRO-3 gathers the head's weight only inside the head's own forward, so it must be called as a module there;
+        # the fused op's backward rejects a frozen head (LoRA) without a bias, so that case projects the window too
+        frozen_head = torch.is_grad_enabled() and not head.weight.requires_grad and head.bias is None
+        if fused is not None and not hasattr(head.weight, "ds_id") and not frozen_head:
+            return fused(hidden, head.weight, labels, bias=head.bias, ignore_index=IGNORE_INDEX)
+        return sgpo.ops.sequence_logps(head(hidden), labels, ignore_index=IGNORE_INDEX)
+
+
+@dataclass
+class LossSpec:
+    """What the round trains: the loss of DESIGN 1.1 and its per-pair inputs."""
+
+    loss_type: str
+    beta: float
+    label_smoothing: float = 0.0
+    space: str = "probability"
+    # per pair: SPPO win probabilities, the follower's (weights, shifts) rows, SPA's smoothing e_i
+    chosen_win_prob: np.ndarray | None = None
+    rejected_win_prob: np.ndarray | None = None
+    worst_case_weights: np.ndarray | None = None
+    worst_case_shifts: np.ndarray | None = None
+    refinement_smoothing: np.ndarray | None = None
+
+
+def pair_losses(
+    spec: LossSpec,
+    idx: np.ndarray,
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+) -> sgpo.ops.PreferenceLosses:
+    """Per-pair losses of pairs ``idx`` (rows of the spec's arrays) from stacked chosen-over-rejected log-probs."""
+    m = len(idx)
+    chosen, rejected = logps[:m], logps[m:]
+    ref_chosen, ref_rejected = ref_logps[:m], ref_logps[m:]
+    kwargs: dict[str, Any] = {"loss_type": spec.loss_type, "beta": spec.beta, "label_smoothing": spec.label_smoothing}
+    if spec.chosen_win_prob is not None:
+        kwargs["chosen_win_prob"] = torch.as_tensor(spec.chosen_win_prob[idx], dtype=torch.float32)
+        kwargs["rejected_win_prob"] = torch.as_tensor(spec.rejected_win_prob[idx], dtype=torch.float32)
+    if spec.worst_case_weights is not None:
+        weights = torch.as_tensor(spec.worst_case_weights[idx], dtype=torch.float32)
+        shifts = torch.as_tensor(spec.worst_case_shifts[idx], dtype=torch.float32)
+        kwargs["worst_case"] = (weights.to(logps.device), shifts.to(logps.device))
+        kwargs["space"] = spec.space
+    if spec.refinement_smoothing is None:
+        return sgpo.ops.preference_losses(chosen, rejected, ref_chosen, ref_rejected, **kwargs)
+    # SPA refinement (DESIGN 1.5): (1 - e_i) * loss(y_w > y_l) + e_i * DPO loss with the pair flipped
+    e = torch.as_tensor(spec.refinement_smoothing[idx], dtype=torch.float32, device=logps.device)
+    kept = sgpo.ops.preference_losses(chosen, rejected, ref_chosen, ref_rejected, weights=1 - e, **kwargs)
+    flipped = sgpo.ops.preference_losses(
+        rejected, chosen, ref_rejected, ref_chosen, loss_type="sigmoid", beta=spec.beta, weights=e
+    )
+    return sgpo.ops.PreferenceLosses(kept.losses + flipped.losses, kept.chosen_rewards, kept.rejected_rewards)
+
+
+@torch.no_grad()
+def score_rows(
+    scorer: nn.Module, rows: Sequence[tuple[list[int], list[int]]], *, pad_id: int, batch_size: int, device: Any
+) -> np.ndarray:
+    """Per-row log-probs (float64) computed ``batch_size`` rows at a time, longest first to limit padding."""
+    was_training = scorer.training
+    scorer.eval()
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    out = np.zeros(len(rows), dtype=np.float64)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in chunk], pad_id).items()}
+            out[chunk] = scorer(**batch).double().cpu().numpy()
+    finally:
+        scorer.train(was_training)
+    return out
+
+
+@dataclass
+class TrainSettings:
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    per_device_batch_size: int
+    optimizer: str
+    weight_decay: float
+    scheduler: str
+    warmup_ratio: float
+    max_grad_norm: float | None
+    seed: int
+
+
+def make_optimizer(params: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    return torch.optim.RMSprop(params, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+
+
+def global_batches(n: int, settings: TrainSettings, epoch: int) -> list[np.ndarray]:
+    """The epoch's shuffled global batches of pair indices (the last may be smaller); the same on every process."""
+    generator = torch.Generator().manual_seed(settings.seed * 1009 + epoch)
+    order = torch.randperm(n, generator=generator).numpy()
+    return [order[i : i + settings.batch_size] for i in range(0, n, settings.batch_size)]
+
+
+def local_part(batch: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, np.ndarray]:
+    """This process's share of a global batch and the weight of each of its pairs in the gradient.
+
+    A process left without a pair (a last batch smaller than the number of processes) still runs one with weight 0,
+    because every process must take part in the gradient all-reduce.
+    """
+    part = np.array_split(batch, world)[rank]
+    if len(part) == 0:
+        return batch[:1], np.zeros(1)
+    return part, np.ones(len(part))
+
+
+def train_round(
+    accelerator: Any,
+    model: nn.Module,
+    pairs: Sequence[tuple[tuple[list[int], list[int]], tuple[list[int], list[int]]]],
+    ref_logps: np.ndarray,
+    spec: LossSpec,
+    settings: TrainSettings,
+    *,
+    pad_id: int,
+    log: Callable[[dict[str, float]], None],
+    progress: bool = True,
+) -> dict[str, float]:
+    """Train ``model`` for ``settings.epochs`` over ``pairs`` ((chosen row, rejected row) encodings).
+
+    ``ref_logps`` (2, n) holds the reference log-probs of the chosen and rejected responses. ``log`` receives each
+    step's metrics (already reduced over processes). Returns the mean of each metric over the round.
+    """
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    n = len(pairs)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    steps_per_epoch = math.ceil(n / settings.batch_size)
+    total_steps = steps_per_epoch * settings.epochs
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, settings)
+    scheduler = get_scheduler(
+        settings.scheduler,
+        optimizer,
+        num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    scorer, optimizer = accelerator.prepare(SequenceScorer(model), optimizer)
+    scorer.train()
+    device = accelerator.device
+    ref = torch.as_tensor(ref_logps, dtype=torch.float32)
+    totals: dict[str, float] = {}
+    bar = tqdm(total=total_steps, desc="train", disable=not (progress and accelerator.is_main_process), unit="step")
+    step = 0
+    for epoch in range(settings.epochs):
+        for batch in global_batches(n, settings, epoch):
+            part, weight = local_part(batch, rank, world)
+            sums = torch.zeros(5, dtype=torch.float64)
+            micro = [
+                np.arange(i, min(i + settings.per_device_batch_size, len(part)))
+                for i in range(0, len(part), settings.per_device_batch_size)
+            ]
+            for j, positions in enumerate(micro):
+                idx, w = part[positions], torch.as_tensor(weight[positions], dtype=torch.float32, device=device)
+                rows = [pairs[i][0] for i in idx] + [pairs[i][1] for i in idx]
+                inputs = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+                sync = j == len(micro) - 1
+                context = accelerator.no_sync(scorer) if not sync else contextlib.nullcontext()
+                with context, accelerator.autocast():
+                    logps = scorer(**inputs).float()
+                    ref_batch = torch.cat([ref[0, idx], ref[1, idx]]).to(device)
+                    out = pair_losses(spec, idx, logps, ref_batch)
+                    # sum over pairs / global batch size, times world: DDP's mean over processes then gives the mean
+                    loss = (out.losses * w).sum() * world / len(batch)
+                    accelerator.backward(loss)
+                margin = (out.chosen_rewards - out.rejected_rewards).float()
+                sums += (
+                    torch.stack(
+                        [
+                            (out.losses.detach().float() * w).sum(),
+                            ((margin > 0).float() * w).sum(),
+                            (margin * w).sum(),
+                            (out.chosen_rewards.float() * w).sum(),
+                            (out.rejected_rewards.float() * w).sum(),
+                        ]
+                    )
+                    .double()
+                    .cpu()
+                )
+            # clipping at infinity measures the norm without changing the gradient
+            clip = settings.max_grad_norm if settings.max_grad_norm is not None else math.inf
+            grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), clip)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            reduced = accelerator.reduce(sums.to(device), reduction="sum").cpu() / len(batch)
+            step += 1
+            metrics = {
+                "step": step,
+                "epoch": epoch,
+                "loss": float(reduced[0]),
+                "reward_accuracy": float(reduced[1]),
+                "reward_margin": float(reduced[2]),
+                "chosen_reward": float(reduced[3]),
+                "rejected_reward": float(reduced[4]),
+                "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
+                "learning_rate": float(lr),
+            }
+            log(metrics)
+            for key in ("loss", "reward_accuracy", "reward_margin", "grad_norm"):
+                totals[key] = totals.get(key, 0.0) + metrics[key] / total_steps
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['reward_accuracy']:.2f}")
+    bar.close()
+    accelerator.wait_for_everyone()
+    totals["steps"] = step
+    return totals

@@ -1,0 +1,736 @@
+"""``sgpo run``: rounds of generate -> annotate -> solve -> update -> evaluate, with files between the stages.
+
+Run directory layout (every file written atomically; a stage whose output exists is skipped on the next call)::
+
+    output_dir/config.yaml            the resolved config (a later call must match it)
+    output_dir/round_0/               round 0: DPO on the gold seed pairs
+    output_dir/round_<t>/prompts.jsonl, generations.jsonl, annotations.jsonl, worst_case.safetensors + .json,
+                         reference_logps.safetensors, checkpoint/, train_log.jsonl, metrics.json (the round is done)
+    output_dir/metrics.jsonl          every training step of every round
+    output_dir/report.json, report.md the run's summary
+
+Generation and annotation write one part file per chunk of prompts, so a killed run resumes mid-stage; chunks are
+fixed by the prompt list alone and each (prompt, sample) draws from its own seed, so the number of processes does not
+change what is sampled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from sgpo.pipeline import files
+from sgpo.pipeline.config import RunConfig, bundled_configs, load_config
+from sgpo.pipeline.data import RunData, fit_prompts, prepare_data
+
+
+class Run:
+    """One run directory and the state shared by its stages."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        import torch
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.out = Path(cfg.output_dir)
+        mixed = cfg.train.mixed_precision
+        if mixed == "auto":
+            mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        self.accelerator = Accelerator(
+            mixed_precision=mixed, log_with=cfg.logging.report_to or None, project_dir=str(self.out)
+        )
+        self.log_lines: list[str] = []
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def say(self, text: str) -> None:
+        if self.main:
+            print(f"[sgpo] {text}", flush=True)
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+    def round_dir(self, t: int) -> Path:
+        return self.out / f"round_{t}"
+
+    def checkpoint(self, t: int) -> Path | None:
+        """The checkpoint the policy of round ``t`` starts from (None = the base model, fresh adapter)."""
+        for previous in range(t - 1, -1, -1):
+            path = self.round_dir(previous) / "checkpoint"
+            if path.is_dir():
+                return path
+        return None
+
+    def check_config(self) -> None:
+        """Refuse to continue a run directory made with a different config (logging settings aside)."""
+        path = self.out / "config.yaml"
+        current = self.cfg.to_dict()
+        if path.is_file():
+            saved = yaml.safe_load(path.read_text())
+            for section in ("logging", "output_dir"):
+                saved.pop(section, None)
+            mine = {k: v for k, v in current.items() if k not in ("logging", "output_dir")}
+            if saved != mine:
+                key = _first_difference(saved, mine)
+                raise ValueError(
+                    f"output_dir: {self.out} holds a run made with a different config (first difference at {key}); "
+                    "use a new output_dir or the same config"
+                )
+        elif self.main:
+            with files.atomic_path(path) as tmp:
+                tmp.write_text(yaml.safe_dump(current, sort_keys=False))
+
+    # ---------------------------------------------------------------- models
+    def load_policy(self, checkpoint: Path | None) -> Any:
+        """The trainable policy from ``checkpoint`` (None: the base model with a freshly initialised adapter)."""
+        import torch
+
+        from sgpo.models import load_model
+
+        cfg = self.cfg.model
+        if not cfg.lora:
+            model = load_model(checkpoint or self.base_path, dtype=cfg.dtype)
+        else:
+            from peft import LoraConfig, PeftModel, get_peft_model
+
+            model = load_model(self.base_path, dtype=cfg.dtype)
+            if checkpoint is not None:
+                model = PeftModel.from_pretrained(model, str(checkpoint), is_trainable=True)
+            else:
+                # the adapter's random init must not depend on what ran before in this process
+                torch.manual_seed(self.cfg.seed)
+                lora = LoraConfig(
+                    r=cfg.lora_r,
+                    lora_alpha=cfg.lora_alpha,
+                    lora_dropout=cfg.lora_dropout,
+                    target_modules=list(cfg.lora_target_modules),
+                    task_type="CAUSAL_LM",
+                )
+                model = get_peft_model(model, lora)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            if cfg.lora:
+                model.enable_input_require_grads()
+        return model.to(self.accelerator.device)
+
+    def save_checkpoint(self, model: Any, t: int) -> None:
+        if self.main:
+            unwrapped = self.accelerator.unwrap_model(model)
+            with files.atomic_dir(self.round_dir(t) / "checkpoint") as staging:
+                unwrapped.save_pretrained(staging, safe_serialization=True)
+                self.tokenizer.save_pretrained(staging)
+        self.barrier()
+
+    # ---------------------------------------------------------------- scoring
+    def rows(self, prompts: list[Any], responses: list[str]) -> list[tuple[list[int], list[int]]]:
+        from sgpo.pipeline.leader import encode
+
+        return [
+            encode(
+                self.tokenizer,
+                p,
+                r,
+                system_prompt=self.cfg.model.system_prompt,
+                max_length=self.cfg.data.max_length,
+            )
+            for p, r in zip(prompts, responses, strict=True)
+        ]
+
+    def logps(self, model: Any, prompts: list[Any], responses: list[str], *, sft: bool = False) -> np.ndarray:
+        """Summed response log-probs under ``model`` (under the SFT model when ``sft``)."""
+        import contextlib
+
+        from sgpo.pipeline.leader import SequenceScorer, score_rows
+
+        rows = self.rows(prompts, responses)
+        context: Any = contextlib.nullcontext()
+        scorer_model = model
+        if sft:
+            if self.cfg.model.lora:
+                context = model.disable_adapter()
+            else:
+                scorer_model = self.sft_model()
+        with context:
+            return score_rows(
+                SequenceScorer(scorer_model),
+                rows,
+                pad_id=self.tokenizer.pad_token_id,
+                batch_size=2 * self.cfg.train.per_device_batch_size,
+                device=self.accelerator.device,
+            )
+
+    def sft_model(self) -> Any:
+        from sgpo.models import load_model
+
+        if getattr(self, "_sft", None) is None:
+            self._sft = load_model(self.base_path, dtype=self.cfg.model.dtype).to(self.accelerator.device).eval()
+        return self._sft
+
+    # ---------------------------------------------------------------- chunked, resumable stages
+    def chunked(self, parts: Path, n_chunks: int, compute: Any, desc: str) -> list[Any]:
+        """Run ``compute(c)`` for every chunk ``c`` this process owns and has not finished; all parts, in order."""
+        from tqdm.auto import tqdm
+
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        mine = [c for c in range(n_chunks) if c % world == rank]
+        show = self.cfg.logging.progress and self.main
+        for c in tqdm(mine, desc=desc, disable=not show, unit="chunk"):
+            path = parts / f"part_{c:05d}.json"
+            if not path.is_file():
+                files.write_json(path, compute(c))
+        self.barrier()
+        return [files.read_json(parts / f"part_{c:05d}.json") for c in range(n_chunks)]
+
+    # ---------------------------------------------------------------- stages
+    def round_prompts(self, t: int) -> tuple[list[Any], dict[str, int]]:
+        path = self.round_dir(t) / "prompts.jsonl"
+        if not path.is_file():
+            prompts, indices, counts = fit_prompts(
+                self.tokenizer, self.data.round_prompts[t - 1], self.cfg.data, self.cfg.model.system_prompt
+            )
+            if not prompts:
+                raise ValueError(f"data.max_prompt_length: every prompt of round {t} is too long and was skipped")
+            if self.main:
+                files.write_jsonl(path, [{"index": i, "prompt": p} for i, p in zip(indices, prompts, strict=True)])
+                files.write_json(self.round_dir(t) / "prompt_counts.json", counts)
+            self.barrier()
+        rows = files.read_jsonl(path)
+        return [r["prompt"] for r in rows], files.read_json(self.round_dir(t) / "prompt_counts.json")
+
+    def generate(self, t: int, model: Any, prompts: list[Any]) -> list[list[str]]:
+        """Stage 1: sample ``num_samples`` responses per prompt from pi_t (SSAPO Alg. 1 step 2)."""
+        from sgpo.generation import generate_responses
+
+        g = self.cfg.generation
+        path = self.round_dir(t) / "generations.jsonl"
+        if path.is_file():
+            return [r["responses"] for r in files.read_jsonl(path)]
+        seed = self.cfg.seed * 1000 + t
+        if self.use_vllm():
+            responses = self.generate_vllm(t, model, prompts, seed)
+        else:
+            per_chunk = max(1, g.batch_size // g.num_samples)
+            n_chunks = (len(prompts) + per_chunk - 1) // per_chunk
+
+            def compute(c: int) -> list[list[str]]:
+                lo, hi = c * per_chunk, min(len(prompts), (c + 1) * per_chunk)
+                return generate_responses(
+                    model,
+                    self.tokenizer,
+                    prompts[lo:hi],
+                    prompt_indices=list(range(lo, hi)),
+                    num_samples=g.num_samples,
+                    max_new_tokens=g.max_new_tokens,
+                    temperature=g.temperature,
+                    top_p=g.top_p,
+                    seed=seed,
+                    batch_size=g.batch_size,
+                    system_prompt=self.cfg.model.system_prompt,
+                )
+
+            parts = self.round_dir(t) / "generate_parts"
+            responses = [r for part in self.chunked(parts, n_chunks, compute, f"generate r{t}") for r in part]
+        if self.main:
+            files.write_jsonl(path, [{"prompt": p, "responses": r} for p, r in zip(prompts, responses, strict=True)])
+            _remove(self.round_dir(t) / "generate_parts")
+        self.barrier()
+        return responses
+
+    def use_vllm(self) -> bool:
+        from sgpo.generation import vllm_available
+
+        backend = self.cfg.generation.backend
+        if backend == "vllm" and not vllm_available():
+            raise ValueError("generation.backend: 'vllm' needs vLLM installed and a CUDA device")
+        return backend == "vllm" or (backend == "auto" and vllm_available())
+
+    def generate_vllm(self, t: int, model: Any, prompts: list[Any], seed: int) -> list[list[str]]:
+        """vLLM samples on the main process from a merged copy of the policy; the others wait."""
+        from sgpo.generation import generate_responses_vllm
+
+        g = self.cfg.generation
+        merged = self.round_dir(t) / "vllm_model"
+        responses: list[list[str]] = []
+        if self.main:
+            unwrapped = self.accelerator.unwrap_model(model)
+            with files.atomic_dir(merged) as staging:
+                export = unwrapped.merge_and_unload() if self.cfg.model.lora else unwrapped
+                export.save_pretrained(staging, safe_serialization=True)
+                self.tokenizer.save_pretrained(staging)
+            responses = generate_responses_vllm(
+                str(merged),
+                prompts,
+                num_samples=g.num_samples,
+                max_new_tokens=g.max_new_tokens,
+                temperature=g.temperature,
+                top_p=g.top_p,
+                seed=seed,
+                system_prompt=self.cfg.model.system_prompt,
+            )
+            _remove(merged)
+        self.barrier()
+        return responses
+
+    def annotate(self, t: int, model: Any, prompts: list[Any], responses: list[list[str]]) -> list[dict[str, Any]]:
+        """Stage 2: the judge picks chosen and rejected among each prompt's samples (SPA's self-annotation)."""
+        from sgpo.pipeline.judges import JudgeContext, build_judge
+
+        path = self.round_dir(t) / "annotations.jsonl"
+        if path.is_file():
+            return files.read_jsonl(path)
+        context = JudgeContext(
+            policy_logps=lambda p, r: self.logps(model, list(p), list(r)),
+            sft_logps=lambda p, r: self.logps(model, list(p), list(r), sft=True),
+            beta=self.cfg.train.beta,
+        )
+        judge = build_judge(self.cfg.judge.name, dict(self.cfg.judge.options), context)
+        per_chunk = max(1, self.cfg.train.per_device_batch_size)
+        n_chunks = (len(prompts) + per_chunk - 1) // per_chunk
+        sppo = self.cfg.method == "sppo"
+
+        def compute(c: int) -> list[dict[str, Any]]:
+            lo, hi = c * per_chunk, min(len(prompts), (c + 1) * per_chunk)
+            out = []
+            flat_prompts = [prompts[i] for i in range(lo, hi) for _ in responses[i]]
+            flat_responses = [r for i in range(lo, hi) for r in responses[i]]
+            scores = None if sppo else np.asarray(judge.scores(flat_prompts, flat_responses), dtype=np.float64)
+            offset = 0
+            for i in range(lo, hi):
+                k = len(responses[i])
+                record: dict[str, Any] = {}
+                if sppo:
+                    record["win_probs"] = [float(x) for x in judge.win_probabilities(prompts[i], responses[i])]
+                else:
+                    record["scores"] = [float(x) for x in scores[offset : offset + k]]
+                offset += k
+                out.append(record)
+            return out
+
+        parts = self.round_dir(t) / "annotate_parts"
+        judged = [r for part in self.chunked(parts, n_chunks, compute, f"annotate r{t}") for r in part]
+        pairs, identical = [], 0
+        for prompt, samples, record in zip(prompts, responses, judged, strict=True):
+            values = np.asarray(record["win_probs"] if sppo else record["scores"])
+            # ties keep the earlier sample, so a pair never depends on float noise between equal values
+            w, lo_ = int(np.argmax(values)), int(np.argmin(values))
+            if w == lo_ or samples[w] == samples[lo_]:
+                identical += 1
+                continue
+            pair = {"prompt": prompt, "chosen": samples[w], "rejected": samples[lo_], **record}
+            pair["margin"] = float(values[w] - values[lo_])
+            if sppo:
+                pair["chosen_win_prob"], pair["rejected_win_prob"] = float(values[w]), float(values[lo_])
+            pairs.append(pair)
+        if not pairs:
+            raise ValueError(
+                f"judge.name: every pair of round {t} was a tie under {self.cfg.judge.name!r}; nothing to train on"
+            )
+        if self.main:
+            files.write_jsonl(path, pairs)
+            files.write_json(self.round_dir(t) / "annotation_counts.json", {"pairs": len(pairs), "ties": identical})
+            _remove(parts)
+        self.barrier()
+        return pairs
+
+    def solve(self, t: int, pairs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Stage 3: the follower's worst case in the epsilon-Wasserstein ball over all new margins (DESIGN 1.2)."""
+        from safetensors.numpy import load_file, save_file
+
+        import sgpo
+
+        f = self.cfg.follower
+        path = self.round_dir(t) / "worst_case.safetensors"
+        if not path.is_file():
+            margins = np.asarray([p["margin"] for p in pairs], dtype=np.float64)
+            # the follower's inputs xi (DESIGN 1.2): probability space sigmoid(gamma * h), margin space beta * h
+            if f.space == "probability":
+                xi = 1.0 / (1.0 + np.exp(-f.gamma * margins))
+            else:
+                xi = self.cfg.train.beta * margins
+            if self.main:
+                start = time.perf_counter()
+                result = sgpo.worst_case(
+                    xi, f.epsilon, pieces=f.pieces, space=f.space, group_size=f.group_size, max_shift=f.max_shift
+                )
+                seconds = time.perf_counter() - start
+                weights, shifts = np.asarray(result.weights), np.asarray(result.shifts)
+                moved = weights * (np.abs(shifts) > 1e-12)
+                summary = {
+                    "epsilon": f.epsilon,
+                    "pairs": len(xi),
+                    "value": np.atleast_1d(np.asarray(result.value, dtype=np.float64)).tolist(),
+                    "dual": np.atleast_1d(np.asarray(result.dual, dtype=np.float64)).tolist(),
+                    "mass_moved": float(moved.sum() / len(xi)),
+                    "transport": float((weights * np.abs(shifts)).sum() / len(xi)),
+                    "seconds": seconds,
+                }
+                files.write_json(self.round_dir(t) / "worst_case.json", summary)
+                with files.atomic_path(path) as tmp:
+                    save_file({"xi": xi, "weights": weights, "shifts": shifts}, str(tmp))
+            self.barrier()
+        tensors = load_file(str(path))
+        return {**files.read_json(self.round_dir(t) / "worst_case.json"), **tensors}
+
+    def update(self, t: int, model: Any, pairs: list[dict[str, Any]], spec_extra: dict[str, Any]) -> dict[str, Any]:
+        """Stage 4: one round of the leader from the reference pi_t (SSAPO Alg. 1 step 4)."""
+        from safetensors.numpy import load_file, save_file
+
+        from sgpo.pipeline.leader import LossSpec, TrainSettings, train_round
+
+        round_dir = self.round_dir(t)
+        summary_path = round_dir / "train_summary.json"
+        if summary_path.is_file() and (round_dir / "checkpoint").is_dir():
+            return files.read_json(summary_path)
+        train = self.cfg.train
+        r0 = self.cfg.round0
+        first = t == 0
+        loss_type = r0.loss_type if first else train.loss_type
+        beta = (r0.beta if first and r0.beta is not None else None) or train.beta
+        settings = TrainSettings(
+            learning_rate=(r0.learning_rate if first and r0.learning_rate is not None else None) or train.learning_rate,
+            epochs=(r0.epochs if first and r0.epochs is not None else None) or train.epochs,
+            batch_size=train.batch_size,
+            per_device_batch_size=train.per_device_batch_size,
+            optimizer=train.optimizer,
+            weight_decay=train.weight_decay,
+            scheduler=train.scheduler,
+            warmup_ratio=train.warmup_ratio,
+            max_grad_norm=train.max_grad_norm,
+            seed=self.cfg.seed * 1000 + t,
+        )
+        prompts = [p["prompt"] for p in pairs]
+        chosen = self.rows(prompts, [p["chosen"] for p in pairs])
+        rejected = self.rows(prompts, [p["rejected"] for p in pairs])
+        ref_path = round_dir / "reference_logps.safetensors"
+        if not ref_path.is_file():
+            # reference log-probs once per round, from the policy before its first step (precompute_ref_log_probs)
+            ref = self.sharded_logps(model, chosen + rejected).reshape(2, len(pairs))
+            if self.main:
+                with files.atomic_path(ref_path) as tmp:
+                    save_file({"ref_logps": ref}, str(tmp))
+            self.barrier()
+        ref = load_file(str(ref_path))["ref_logps"]
+        spec = LossSpec(
+            loss_type=loss_type,
+            beta=beta,
+            label_smoothing=0.0 if not first and loss_type in ("ssapo", "sppo") else train.label_smoothing,
+            space=self.cfg.follower.space,
+            **spec_extra,
+        )
+        partial = round_dir / ".train_log.partial.jsonl"
+        partial.unlink(missing_ok=True)
+        steps: list[dict[str, Any]] = []
+        offset = self.global_step(t)
+
+        def log(metrics: dict[str, Any]) -> None:
+            row = {"round": t, "global_step": offset + metrics["step"], **metrics}
+            steps.append(row)
+            if self.main:
+                with open(partial, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(row) + "\n")
+                self.accelerator.log({f"train/{k}": v for k, v in metrics.items()}, step=row["global_step"])
+
+        import torch
+
+        torch.manual_seed(settings.seed)
+        summary = train_round(
+            self.accelerator,
+            model,
+            list(zip(chosen, rejected, strict=True)),
+            ref,
+            spec,
+            settings,
+            pad_id=self.tokenizer.pad_token_id,
+            log=log,
+            progress=self.cfg.logging.progress,
+        )
+        summary.update(loss_type=loss_type, beta=beta, pairs=len(pairs), learning_rate=settings.learning_rate)
+        self.save_checkpoint(model, t)
+        if self.main:
+            files.write_jsonl(round_dir / "train_log.jsonl", steps)
+            partial.unlink(missing_ok=True)
+            files.write_json(summary_path, summary)
+        self.barrier()
+        return summary
+
+    def sharded_logps(self, model: Any, rows: list[tuple[list[int], list[int]]]) -> np.ndarray:
+        """Log-probs of ``rows`` split over the processes and gathered back in order."""
+        from accelerate.utils import gather_object
+
+        from sgpo.pipeline.leader import SequenceScorer, score_rows
+
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        mine = list(range(rank, len(rows), world))
+        values = score_rows(
+            SequenceScorer(self.accelerator.unwrap_model(model)),
+            [rows[i] for i in mine],
+            pad_id=self.tokenizer.pad_token_id,
+            batch_size=2 * self.cfg.train.per_device_batch_size,
+            device=self.accelerator.device,
+        )
+        out = np.zeros(len(rows), dtype=np.float64)
+        for i, v in gather_object(list(zip(mine, values.tolist(), strict=True))):
+            out[i] = v
+        return out
+
+    def global_step(self, t: int) -> int:
+        total = 0
+        for previous in range(t):
+            path = self.round_dir(previous) / "train_summary.json"
+            if path.is_file():
+                total += int(files.read_json(path)["steps"])
+        return total
+
+    def evaluate(self, t: int, model: Any) -> dict[str, Any]:
+        """Stage 5: the judge's win rate of this round's policy against the starting model on held-out prompts."""
+        cfg = self.cfg.evaluate
+        if cfg.prompts is None:
+            return {}
+        from sgpo.generation import generate_responses
+        from sgpo.pipeline.data import load_table, prompts_from_table
+        from sgpo.pipeline.judges import build_judge
+
+        prompts = prompts_from_table(load_table(cfg.prompts), self.cfg.data, cfg.prompts)[: cfg.num_prompts]
+        g = self.cfg.generation
+
+        def sample(path: Path, policy: Any) -> list[str]:
+            if not path.is_file():
+                per_chunk = max(1, g.batch_size)
+                n_chunks = (len(prompts) + per_chunk - 1) // per_chunk
+
+                def compute(c: int) -> list[str]:
+                    lo, hi = c * per_chunk, min(len(prompts), (c + 1) * per_chunk)
+                    out = generate_responses(
+                        policy,
+                        self.tokenizer,
+                        prompts[lo:hi],
+                        prompt_indices=list(range(lo, hi)),
+                        max_new_tokens=cfg.max_new_tokens or g.max_new_tokens,
+                        temperature=0.0,
+                        batch_size=g.batch_size,
+                        system_prompt=self.cfg.model.system_prompt,
+                    )
+                    return [r[0] for r in out]
+
+                parts = path.parent / f"{path.stem}_parts"
+                responses = [
+                    r for part in self.chunked(parts, n_chunks, compute, f"evaluate {path.stem}") for r in part
+                ]
+                if self.main:
+                    files.write_jsonl(
+                        path, [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]
+                    )
+                    _remove(parts)
+                self.barrier()
+            return [r["response"] for r in files.read_jsonl(path)]
+
+        baseline_path = self.out / "eval_baseline.jsonl"
+        if not baseline_path.is_file():
+            if self.cfg.model.lora:
+                with self.accelerator.unwrap_model(model).disable_adapter():
+                    baseline = sample(baseline_path, self.accelerator.unwrap_model(model))
+            else:
+                baseline = sample(baseline_path, self.sft_model())
+        baseline = [r["response"] for r in files.read_jsonl(baseline_path)]
+        candidates = sample(self.round_dir(t) / "eval_responses.jsonl", self.accelerator.unwrap_model(model))
+        judge = build_judge(cfg.judge.name, dict(cfg.judge.options), None)
+        if hasattr(judge, "compare"):
+            result, cand_scores, base_scores = judge.compare(prompts, candidates, baseline)
+            report = {k: float(v) for k, v in vars(result).items() if isinstance(v, (int, float))}
+        else:
+            cand_scores = np.asarray(judge.scores(prompts, candidates))
+            base_scores = np.asarray(judge.scores(prompts, baseline))
+            report = {"win_rate": float(np.mean((cand_scores > base_scores) + 0.5 * (cand_scores == base_scores)))}
+        report.update(mean_score=float(np.mean(cand_scores)), baseline_mean_score=float(np.mean(base_scores)))
+        return report
+
+    # ---------------------------------------------------------------- the run
+    def prepare(self) -> None:
+        from sgpo.models import load_tokenizer, resolve_model
+
+        cfg = self.cfg
+        self.check_config()
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for directory in [self.out, *self.out.glob("round_*"), *self.out.glob("round_*/*_parts")]:
+                files.clean_stale(directory)
+        self.barrier()
+        needs_pairs = cfg.round0.enabled or cfg.method == "dpo"
+        self.data: RunData = prepare_data(
+            cfg.data, rounds=cfg.rounds, needs_pairs=needs_pairs and cfg.method != "sppo", seed=cfg.seed
+        )
+        with self.accelerator.main_process_first():
+            self.base_path = resolve_model(cfg.model.name_or_path)
+        self.tokenizer = load_tokenizer(self.base_path)
+        if cfg.logging.report_to:
+            self.accelerator.init_trackers("sgpo", config=_flatten(cfg.to_dict()))
+
+    def run_round(self, t: int) -> dict[str, Any]:
+        round_dir = self.round_dir(t)
+        metrics_path = round_dir / "metrics.json"
+        if metrics_path.is_file():
+            return files.read_json(metrics_path)
+        started = time.perf_counter()
+        model = self.load_policy(self.checkpoint(t))
+        metrics: dict[str, Any] = {"round": t}
+        if t == 0:
+            pairs = self.data.seed_pairs
+            self.say(f"round 0: {self.cfg.round0.loss_type} on {len(pairs)} seed pairs")
+            metrics["train"] = self.update(0, model, pairs, {})
+        else:
+            prompts, counts = self.round_prompts(t)
+            self.say(
+                f"round {t}: {len(prompts)} prompts ({counts['truncated']} truncated, {counts['skipped']} skipped)"
+            )
+            responses = self.generate(t, model, prompts)
+            pairs = self.annotate(t, model, prompts, responses)
+            annotation = files.read_json(round_dir / "annotation_counts.json")
+            metrics["data"] = {**counts, **annotation, "mean_margin": float(np.mean([p["margin"] for p in pairs]))}
+            extra: dict[str, Any] = {}
+            if self.cfg.method == "ssapo":
+                worst = self.solve(t, pairs)
+                extra["worst_case_weights"] = worst.pop("weights")
+                extra["worst_case_shifts"] = worst.pop("shifts")
+                worst.pop("xi")
+                metrics["follower"] = worst
+                if self.cfg.refinement.enabled:
+                    extra["refinement_smoothing"] = self.refinement(pairs)
+            else:
+                extra["chosen_win_prob"] = np.asarray([p["chosen_win_prob"] for p in pairs])
+                extra["rejected_win_prob"] = np.asarray([p["rejected_win_prob"] for p in pairs])
+            metrics["train"] = self.update(t, model, pairs, extra)
+        if self.cfg.evaluate.prompts is not None:
+            # the trained policy as saved, whether this call trained it or an earlier one did
+            del model
+            metrics["eval"] = self.evaluate(t, self.load_policy(round_dir / "checkpoint"))
+        metrics["seconds"] = time.perf_counter() - started
+        if self.main:
+            files.write_json(metrics_path, metrics)
+        self.barrier()
+        self.accelerator.free_memory()
+        return metrics
+
+    def refinement(self, pairs: list[dict[str, Any]]) -> np.ndarray:
+        """SPA's per-pair smoothing e_i = a (1 - c_i), c_i = 1[beta h_i > tau], tau a low quantile (DESIGN 1.5)."""
+        s = self.cfg.refinement
+        scaled = self.cfg.train.beta * np.asarray([p["margin"] for p in pairs], dtype=np.float64)
+        tau = float(np.quantile(scaled, s.quantile))
+        return s.alpha * (1.0 - (scaled > tau).astype(np.float64))
+
+    def report(self, rounds: list[dict[str, Any]], seconds: float) -> Path:
+        rows = []
+        for m in rounds:
+            train = m.get("train", {})
+            follower = m.get("follower", {})
+            rows.append(
+                {
+                    "round": m["round"],
+                    "pairs": train.get("pairs"),
+                    "loss": train.get("loss"),
+                    "reward_accuracy": train.get("reward_accuracy"),
+                    "follower_value": (follower.get("value") or [None])[0],
+                    "mass_moved": follower.get("mass_moved"),
+                    "win_rate": m.get("eval", {}).get("win_rate"),
+                    "seconds": m.get("seconds"),
+                }
+            )
+        report = {"method": self.cfg.method, "output_dir": str(self.out), "rounds": rows, "seconds": seconds}
+        steps = []
+        for m in rounds:
+            log_path = self.round_dir(m["round"]) / "train_log.jsonl"
+            if log_path.is_file():
+                steps.extend(files.read_jsonl(log_path))
+        if self.main:
+            files.write_jsonl(self.out / "metrics.jsonl", steps)
+            files.write_json(self.out / "report.json", report)
+            header = "| round | pairs | loss | reward acc. | follower value | mass moved | win rate | seconds |"
+            lines = [f"# sgpo run: {self.cfg.method}", "", header, "|" + "---|" * 8]
+            for r in rows:
+                cells = [r["round"], r["pairs"], r["loss"], r["reward_accuracy"], r["follower_value"]]
+                cells += [r["mass_moved"], r["win_rate"], r["seconds"]]
+                lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+            with files.atomic_path(self.out / "report.md") as tmp:
+                tmp.write_text("\n".join(lines) + "\n")
+        self.barrier()
+        return self.out / "report.md"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{prefix}{key}.")
+    return f"{prefix[:-1]} ({a!r} before, {b!r} now)"
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
+
+
+def run(cfg: RunConfig) -> dict[str, Any]:
+    """Run (or continue) every round of ``cfg``; returns the report as a dict."""
+    started = time.perf_counter()
+    state = Run(cfg)
+    state.prepare()
+    first = 0 if cfg.round0.enabled or cfg.method == "dpo" else 1
+    rounds = [state.run_round(t) for t in range(first, cfg.rounds + 1)]
+    path = state.report(rounds, time.perf_counter() - started)
+    report = files.read_json(cfg.output_dir + "/report.json")
+    if state.main:
+        for row in report["rounds"]:
+            loss = _cell(row["loss"])
+            acc = _cell(row["reward_accuracy"])
+            extra = f", mass moved {_cell(row['mass_moved'])}" if row["mass_moved"] is not None else ""
+            win = f", win rate {_cell(row['win_rate'])}" if row["win_rate"] is not None else ""
+            print(f"[sgpo] round {row['round']}: {row['pairs']} pairs, loss {loss}, reward acc. {acc}{extra}{win}")
+        print(f"[sgpo] done in {time.perf_counter() - started:.0f} s; report: {path}")
+    if cfg.logging.report_to:
+        state.accelerator.end_training()
+    return report
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="run SSAPO / SPPO / DPO rounds end to end (resumable)",
+        description=(
+            "Run a recipe end to end: round 0 on the seed pairs, then generate -> annotate -> solve -> update -> "
+            f"evaluate each round. Bundled configs: {', '.join(bundled_configs())}. Calling it again continues "
+            "where it stopped. Under accelerate: accelerate launch -m sgpo run CONFIG."
+        ),
+    )
+    parser.add_argument("config", help="a bundled config name or a YAML file")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="override config keys, e.g. rounds=1")
+    parser.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    run(load_config(args.config, args.overrides))
+    return 0
