@@ -154,17 +154,21 @@ SGPO_HD Base margin_base(const Pieces& P, double x) {
   return r;
 }
 
-// Calls f(k, ratio, cost) for each item of margin x, in decreasing ratio: a slice of mass moved to lo on
+// Calls f(k, ratio, cost) for each item of margin x, in decreasing ratio (up to rounding): a slice of mass moved to lo on
 // piece k, costing `cost` budget units (its mass is cost / d) and gaining `ratio` per unit of budget. Only
 // items with a positive gain and positive cost exist; max_shift = +inf means no per-entry cap.
 template <class F>
 SGPO_HD void for_each_item(const Pieces& P, const Base& base, double x, double max_shift, F&& f) {
   const double d = sub_rn(x, P.lo);
   if (!(d > 0.0) || !(max_shift > 0.0)) return;
+  const double inv_d = div_rn(1.0, d);
   double used = 0.0;
   for (int j = 0; j < P.K && used < d; ++j) {
     const int k = P.order[j];
-    const double ratio = div_rn(sub_rn(P.at_lo[k], base.L), d);
+    // (l_k(lo) - L(xi)) / d written as -a_k - (L(xi) - l_k(xi)) / d: exact (-a_k) for the margin's own piece,
+    // so margins that are mathematically tied are tied in floating point too and share theta evenly.
+    const double gap = sub_rn(base.L, line(P.a[k], P.b[k], x));
+    const double ratio = sub_rn(-P.a[k], mul_rn(gap, inv_d));
     if (!(ratio > 0.0)) return;
     const double left = sub_rn(d, used);
     const double cost = max_shift < left ? max_shift : left;

@@ -28,6 +28,8 @@ struct Item {
 // Below this many candidate items a group is gathered whole; above it, a sample brackets lambda* first.
 constexpr std::size_t kGatherAll = std::size_t(1) << 15;
 constexpr std::size_t kSample = 4096;
+// Below this many margin-pieces a parallel region costs more than it saves (on a busy machine, far more).
+constexpr std::size_t kParallelWork = std::size_t(1) << 20;
 
 int max_threads() {
 #ifdef SGPO_OPENMP
@@ -255,7 +257,8 @@ void follower_cpu(const T* x, const FollowerArgs& A, T* W, T* D, double* value, 
   const std::size_t G = (A.n + A.group_size - 1) / A.group_size;
   const std::size_t K = static_cast<std::size_t>(A.pieces);
   const int nt = max_threads();
-  if (G >= 2 * static_cast<std::size_t>(nt) && nt > 1) {
+  const bool parallel = nt > 1 && A.n * K >= kParallelWork;
+  if (parallel && G >= 2 * static_cast<std::size_t>(nt)) {
 #pragma omp parallel
     {
       GroupPieces gp;
@@ -273,7 +276,8 @@ void follower_cpu(const T* x, const FollowerArgs& A, T* W, T* D, double* value, 
     for (std::size_t g = 0; g < G; ++g) {
       const std::size_t start = g * A.group_size;
       const std::size_t m = std::min(A.group_size, A.n - start);
-      solve_group(x + start, m, A, nt > 1, gp, buf, W + start * K, D + start * K, value + g, dual + g);
+      solve_group(x + start, m, A, parallel && m * K >= kParallelWork, gp, buf, W + start * K, D + start * K,
+                  value + g, dual + g);
     }
   }
 }

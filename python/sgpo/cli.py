@@ -14,6 +14,7 @@ _COMMANDS: dict[str, str] = {
     "demo": "sgpo.demo:add_parser",
     "eval": "sgpo.evaluation.evaluate:add_parser",
     "run": "sgpo.pipeline.run:add_parser",
+    "solve": "sgpo.solve_cli:add_parser",
 }
 
 
