@@ -133,11 +133,17 @@ class PreferenceTrainer(Trainer):
         ref_weight: torch.Tensor,
         target: torch.Tensor,
     ) -> Any:
-        """SSAPO's follower on this batch's margins beta * Delta: one extra no-grad chunked projection per side."""
+        """SSAPO's follower on this batch's T(beta * Delta): one extra no-grad chunked projection per side.
+
+        T is what the ssapo loss shifts: sigmoid in probability space, the identity in margin space.
+        """
         logps = sgpo.ops.fused_linear_sequence_logps(hidden.detach(), weight.detach(), target)
         ref_logps = sgpo.ops.fused_linear_sequence_logps(ref_hidden, ref_weight, target)
         s = (logps - ref_logps).view(2, -1)
-        return sgpo.worst_case(self.loss_fn.beta * (s[0] - s[1]), self.epsilon)
+        margins = self.loss_fn.beta * (s[0] - s[1])
+        if self.loss_fn.space == "probability":
+            margins = torch.sigmoid(margins)
+        return sgpo.worst_case(margins, self.epsilon, space=self.loss_fn.space)
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         logs.update({key: sum(values) / len(values) for key, values in self.metrics.items() if values})
@@ -153,9 +159,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--model", default=None, help="a local model directory (default: a tiny random Llama)")
+    parser.add_argument("--output-dir", default=None, help="where the tiny model and the run go (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    work = tempfile.mkdtemp(prefix="sgpo-hf-trainer-")
+    work = args.output_dir or tempfile.mkdtemp(prefix="sgpo-hf-trainer-")
     model_dir = args.model or build_tiny_model(f"{work}/model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)

@@ -71,9 +71,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model = script.model or str(build_tiny_model(f"{config.output_dir}/model"))
     dataset = toy_dataset()
     if "ssapo" in config.loss_type and config.ssapo_worst_case == "columns":
-        # mode (b): one follower solve over every margin of the dataset, carried per row into the batches
+        # mode (b): one follower solve over every margin of the dataset, carried per row into the batches; its input
+        # is what the ssapo loss shifts: sigmoid(beta * Delta) in probability space, beta * Delta in margin space
+        margins = torch.tensor(dataset["margin"])
         worst = sgpo.worst_case(
-            torch.tensor(dataset["margin"]),
+            torch.sigmoid(margins) if config.ssapo_space == "probability" else margins,
             config.ssapo_epsilon,
             pieces=config.ssapo_pieces,
             space=config.ssapo_space,

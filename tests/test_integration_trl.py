@@ -151,11 +151,11 @@ def one_full_batch_step(tmp_path: Path, **overrides) -> SGPODPOConfig:
     return config(SGPODPOConfig, tmp_path, **options)
 
 
+@pytest.mark.parametrize("space", ["probability", "margin"])
 def test_ssapo_batch_mode_equals_follower_then_loss_by_hand(
-    tiny_model_dir: Path, reference_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, reference_dir: Path, tmp_path: Path, space: str
 ) -> None:
-    assert hasattr(sgpo, "worst_case"), "sgpo.worst_case is the follower this mode calls"
-    args = one_full_batch_step(tmp_path, loss_type="ssapo", ssapo_epsilon=0.05, ssapo_pieces=4)
+    args = one_full_batch_step(tmp_path, loss_type="ssapo", ssapo_epsilon=0.05, ssapo_pieces=4, ssapo_space=space)
     reference = AutoModelForCausalLM.from_pretrained(reference_dir)
     dataset = pairs()
     trainer = train(SGPODPOTrainer, args, tiny_model_dir, dataset, ref_model=reference)
@@ -166,19 +166,14 @@ def test_ssapo_batch_mode_equals_follower_then_loss_by_hand(
     with torch.no_grad():
         (ref_chosen, ref_rejected), _ = hand_logps(reference_dir, batch)
     margins = args.beta * ((chosen - ref_chosen) - (rejected - ref_rejected)).detach()
-    worst = sgpo.worst_case(margins, 0.05, pieces=4, space="probability")
+    follower_input = torch.sigmoid(margins) if space == "probability" else margins
+    worst = sgpo.worst_case(follower_input, 0.05, pieces=4, space=space)
     assert torch.as_tensor(worst.shifts).abs().max() > 1e-4, "the follower moved nothing; the check would be vacuous"
-    loss = sgpo.ops.preference_loss(
-        chosen, rejected, ref_chosen, ref_rejected, loss_type="ssapo", beta=args.beta, worst_case=worst
-    )
+    assert logged["ssapo/worst_case_value"] == pytest.approx(float(worst.value), rel=1e-5)
+    options = dict(loss_type="ssapo", beta=args.beta, space=space)
+    loss = sgpo.ops.preference_loss(chosen, rejected, ref_chosen, ref_rejected, worst_case=worst, **options)
     no_follower = sgpo.ops.preference_loss(
-        chosen,
-        rejected,
-        ref_chosen,
-        ref_rejected,
-        loss_type="ssapo",
-        beta=args.beta,
-        worst_case=(torch.ones(8, 1), torch.zeros(8, 1)),
+        chosen, rejected, ref_chosen, ref_rejected, worst_case=(torch.ones(8, 1), torch.zeros(8, 1)), **options
     )
     assert abs(loss.item() - no_follower.item()) > 1e-3
     assert logged["loss"] == pytest.approx(loss.item(), rel=1e-5)

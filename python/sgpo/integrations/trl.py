@@ -331,10 +331,16 @@ class SGPODPOTrainer(DPOTrainer):
         return sgpo.ops.preference_losses(*logps, **options)
 
     def _batch_worst_case(self, logps: Sequence[torch.Tensor], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """The follower (DESIGN 1.2, paper Alg. 1 step 3) on this step's margins beta * Delta from every process."""
+        """The follower (DESIGN 1.2, paper Alg. 1 step 3) on this step's margins from every process.
+
+        Its input is what the ssapo loss shifts: T(beta * Delta), sigmoid in probability space, identity in margin
+        space; with beta = 0.1 that is the paper code's sigmoid(0.1 * h).
+        """
         args: SGPODPOConfig = self.args
         chosen, rejected, ref_chosen, ref_rejected = (t.detach().float() for t in logps)
         margins = self.beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+        if args.ssapo_space == "probability":
+            margins = torch.sigmoid(margins)
         # even_batches keeps micro-batches the same size on every process, so rank r's rows start at r * n
         everyone = self.accelerator.gather(margins)
         worst = sgpo.worst_case(
