@@ -7,7 +7,11 @@ bit-identical: both compute each loss in float32 from the same log-probs).
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -287,3 +291,93 @@ def test_bad_configurations_name_the_argument(tiny_model_dir: Path, tmp_path: Pa
         )
     with pytest.raises(ValueError, match=r"worst_case: expected weights and shifts of shape \(8, K\)"):
         add_worst_case_columns(pairs(), (torch.ones(7, 2), torch.zeros(7, 2)))
+
+
+DDP_WORKER = """
+import json, sys
+import torch
+from datasets import Dataset
+from transformers import AutoTokenizer
+from sgpo.integrations.trl import SGPODPOConfig, SGPODPOTrainer
+
+model_dir, out, rows, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
+trainer = SGPODPOTrainer(
+    model=model_dir,
+    args=SGPODPOConfig(output_dir=out, **options),
+    train_dataset=Dataset.from_dict(rows),
+    processing_class=AutoTokenizer.from_pretrained(model_dir),
+)
+trainer.train()
+if trainer.accelerator.is_main_process:
+    result = {
+        "processes": trainer.accelerator.num_processes,
+        "logs": [entry for entry in trainer.state.log_history if "loss" in entry],
+        "params": {name: p.detach().tolist() for name, p in trainer.model.named_parameters()},
+    }
+    with open(out + "/result.json", "w") as f:
+        json.dump(result, f)
+"""
+
+
+@pytest.mark.slow
+def test_ssapo_batch_mode_gathers_margins_across_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Two DDP processes with 4 pairs each take the same steps as one process with all 8: one follower per step."""
+    options = one_full_batch_step(
+        tmp_path, loss_type="ssapo", ssapo_epsilon=0.05, max_steps=2, per_device_train_batch_size=4
+    )
+    keys = (
+        "per_device_train_batch_size",
+        "max_steps",
+        "optim",
+        "learning_rate",
+        "lr_scheduler_type",
+        "max_grad_norm",
+        "beta",
+        "loss_type",
+        "ssapo_epsilon",
+        "logging_steps",
+        "report_to",
+        "use_cpu",
+        "bf16",
+        "save_strategy",
+        "seed",
+        "disable_tqdm",
+    )
+    worker_options = {key: getattr(options, key) for key in keys}
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    rows = {"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    command += [str(tiny_model_dir), str(tmp_path / "ddp"), json.dumps(rows), json.dumps(worker_options)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert ddp["processes"] == 2
+
+    single = train(
+        SGPODPOTrainer,
+        one_full_batch_step(tmp_path, loss_type="ssapo", ssapo_epsilon=0.05, max_steps=2),
+        tiny_model_dir,
+        pairs(),
+    )
+    halves = train(
+        SGPODPOTrainer,
+        one_full_batch_step(tmp_path, loss_type="ssapo", ssapo_epsilon=0.05, max_steps=2, ssapo_group_size=4),
+        tiny_model_dir,
+        pairs(),
+    )
+    single_losses = [entry["loss"] for entry in step_logs(single)]
+    # step 2 is the first with margins away from 0: solving per half batch would give another loss
+    assert abs(step_logs(halves)[1]["loss"] - single_losses[1]) > 1e-3
+    assert [entry["loss"] for entry in ddp["logs"]] == pytest.approx(single_losses, rel=1e-5)
+    for name, param in single.model.named_parameters():
+        torch.testing.assert_close(torch.tensor(ddp["params"][name]), param.detach(), rtol=0, atol=1e-5, msg=name)
+
+
+def test_supported_trl_range_matches_the_trl_extra() -> None:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    from sgpo.integrations.trl import SUPPORTED_TRL
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["optional-dependencies"]["trl"] == [f"trl{SUPPORTED_TRL}"]
