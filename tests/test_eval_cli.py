@@ -67,7 +67,7 @@ def test_report_tables_and_plots_from_known_responses(tmp_path: Path) -> None:
         margins = rng.normal(size=40)
         weights = rng.dirichlet(np.ones(6), size=40)
         shifts = np.where(rng.random((40, 6)) < 0.2, rng.random((40, 6)), 0.0)
-        rounds.append(RoundArtifacts(r, margins, weights, shifts))
+        rounds.append(RoundArtifacts(r, margins, 1 / (1 + np.exp(-0.1 * margins)), weights, shifts))
     path = write_report(tmp_path, title="t", results=[result], rounds=rounds, settings={"k": 1}, baseline="b")
     report = path.read_text()
     assert "| round 1 | 75.0 ± 12.5 | " in report

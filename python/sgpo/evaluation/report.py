@@ -29,6 +29,8 @@ class RoundArtifacts:
 
     round: int
     margins: np.ndarray | None = None
+    # the follower's inputs xi (probability space: sigmoid(gamma * margin); margin space: beta * margin)
+    follower_inputs: np.ndarray | None = None
     weights: np.ndarray | None = None
     shifts: np.ndarray | None = None
     extra: dict[str, float] = field(default_factory=dict)
@@ -80,18 +82,21 @@ def plot_margin_histograms(rounds: Sequence[RoundArtifacts], path: Path) -> Path
 
 
 def plot_follower(rounds: Sequence[RoundArtifacts], path: Path) -> Path:
-    """Per round: the mass the follower moves off each margin and its mean displacement, against the margin."""
+    """Per round: the mass the follower moves off each input xi and its mean displacement, against xi."""
     plt = _pyplot()
-    shown = [r for r in rounds if r.weights is not None and r.shifts is not None and r.margins is not None]
+    shown = [r for r in rounds if r.weights is not None and r.shifts is not None and r.follower_inputs is not None]
     fig, axes = plt.subplots(2, len(shown), figsize=(3.2 * len(shown), 5.0), squeeze=False)
     for col, r in enumerate(shown):
         w, d = np.asarray(r.weights), np.asarray(r.shifts)
         moved = (w * (np.abs(d) > 1e-12)).sum(axis=1)
         mean_shift = (w * d).sum(axis=1)
-        axes[0][col].scatter(r.margins, moved, s=6)
+        axes[0][col].scatter(r.follower_inputs, moved, s=6)
         axes[0][col].set_title(f"round {r.round}")
-        axes[1][col].scatter(r.margins, mean_shift, s=6, color="tab:red")
-        axes[1][col].set_xlabel("margin")
+        axes[1][col].scatter(r.follower_inputs, mean_shift, s=6, color="tab:red")
+        axes[1][col].set_xlabel("follower input xi")
+        for ax in (axes[0][col], axes[1][col]):
+            ax.locator_params(axis="x", nbins=4)
+            ax.ticklabel_format(axis="x", useOffset=False)
     axes[0][0].set_ylabel("mass moved")
     axes[1][0].set_ylabel("sum_k W D")
     fig.tight_layout()
@@ -159,11 +164,11 @@ def write_report(
     if any(r.margins is not None and r.margins.size for r in rounds):
         plot_margin_histograms(rounds, output_dir / "margins.png")
         parts += ["## Training rounds", "", rounds_table(rounds), "", "![margin histograms](margins.png)", ""]
-    if any(r.weights is not None and r.margins is not None for r in rounds):
+    if any(r.weights is not None and r.follower_inputs is not None for r in rounds):
         plot_follower(rounds, output_dir / "follower.png")
         parts += [
-            "Follower (worst case in the Wasserstein ball): per pair, the probability mass moved off its margin and "
-            "the weighted displacement sum_k W_ik D_ik, against the margin.",
+            "Follower (worst case in the Wasserstein ball): per pair, the probability mass moved off its input "
+            "xi_i and the weighted displacement sum_k W_ik D_ik, against xi_i.",
             "",
             "![follower weights and displacements](follower.png)",
             "",

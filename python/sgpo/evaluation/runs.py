@@ -38,20 +38,23 @@ def _model_dir(path: Path) -> bool:
 
 
 def _load_round(round_dir: Path, index: int) -> RoundArtifacts:
+    """A round's pair margins (``annotations.jsonl``) and the follower's worst case (``worst_case.safetensors``)."""
     import numpy as np
 
     artifacts = RoundArtifacts(index)
-    worst = round_dir / "worst_case.npz"
-    if worst.is_file():
-        with np.load(worst) as data:
-            artifacts.weights = data["weights"] if "weights" in data else None
-            artifacts.shifts = data["shifts"] if "shifts" in data else None
-            artifacts.margins = data["margins"] if "margins" in data else None
-    pairs = round_dir / "pairs.jsonl"
-    if artifacts.margins is None and pairs.is_file():
+    pairs = round_dir / "annotations.jsonl"
+    if pairs.is_file():
         rows = [json.loads(line) for line in pairs.read_text().splitlines() if line.strip()]
         if rows and all("margin" in r for r in rows):
             artifacts.margins = np.array([float(r["margin"]) for r in rows])
+    worst = round_dir / "worst_case.safetensors"
+    if worst.is_file():
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(worst))
+        artifacts.follower_inputs = tensors.get("xi")
+        artifacts.weights = tensors.get("weights")
+        artifacts.shifts = tensors.get("shifts")
     return artifacts
 
 
@@ -61,10 +64,10 @@ def discover_run(run_dir: Path) -> Discovered:
         ((int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := _ROUND_DIR.match(p.name))),
         key=lambda item: item[0],
     )
-    candidates = [(f"round {i}", str(p / "model")) for i, p in rounds if _model_dir(p / "model")]
+    candidates = [(f"round {i}", str(p / "checkpoint")) for i, p in rounds if _model_dir(p / "checkpoint")]
     if not candidates:
         raise FileNotFoundError(
-            f"target: {run_dir} is neither a saved model nor a run directory with round_<t>/model inside"
+            f"target: {run_dir} is neither a saved model nor a run directory of `sgpo run` (round_<t>/checkpoint)"
         )
     initial = None
     config = run_dir / "config.yaml"
