@@ -75,3 +75,39 @@ def test_report_tables_and_plots_from_known_responses(tmp_path: Path) -> None:
     for png in ("win_rate.png", "margins.png", "follower.png"):
         assert (tmp_path / png).read_bytes()[:8] == PNG_MAGIC
         assert f"({png})" in report
+
+
+def test_eval_of_a_run_directory_reports_every_round(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import sgpo
+    from safetensors.numpy import save_file
+
+    # the layout `sgpo run` documents: config.yaml, round_<t>/checkpoint, annotations.jsonl, worst_case.safetensors
+    run = tmp_path / "run"
+    (run / "round_0").mkdir(parents=True)
+    (run / "config.yaml").write_text(f"model:\n  name_or_path: {tiny_model_dir}\n")
+    shutil.copytree(tiny_model_dir, run / "round_0" / "checkpoint")
+    rng = np.random.default_rng(0)
+    margins = rng.normal(size=12)
+    xi = 1 / (1 + np.exp(-0.1 * margins))
+    worst = sgpo.worst_case(xi, 0.05, pieces=6, space="probability")
+    (run / "round_1").mkdir()
+    shutil.copytree(tiny_model_dir, run / "round_1" / "checkpoint")
+    (run / "round_1" / "annotations.jsonl").write_text("".join(json.dumps({"margin": m}) + "\n" for m in margins))
+    save_file(
+        {"xi": xi, "weights": np.asarray(worst.weights), "shifts": np.asarray(worst.shifts)},
+        str(run / "round_1" / "worst_case.safetensors"),
+    )
+    assert main(["eval", str(run), "--num-prompts", "2", "--max-new-tokens", "4"]) == 0
+    summary = json.loads((run / "eval" / "eval.json").read_text())
+    assert summary["baseline"] == str(tiny_model_dir)
+    assert [r["label"] for r in summary["results"]] == ["round 0", "round 1"]
+    report = (run / "eval" / "report.md").read_text()
+    assert "| 1 | 12 |" in report
+    for png in ("win_rate.png", "margins.png", "follower.png"):
+        assert (run / "eval" / png).read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(FileNotFoundError, match="run directory"):
+        from sgpo.evaluation.runs import discover
+
+        discover(str(tmp_path))
