@@ -1,8 +1,9 @@
 """sgpo's losses inside TRL's DPOTrainer: parity with TRL's own losses, ssapo's two modes, sppo's columns.
 
-Parity: the same tiny model, data and seed trained for three steps by ``trl.DPOTrainer`` and by ``SGPODPOTrainer``
-give the same logged losses, rewards and log-probs to rel 1e-6 and the same parameters to 1e-6 (in practice they are
-bit-identical: both compute each loss in float32 from the same log-probs).
+Parity: the same tiny model, data and seed trained for three AdamW steps by ``trl.DPOTrainer`` and by
+``SGPODPOTrainer`` give the same logged losses, rewards and log-probs to rel 1e-6 and the same parameters to 1e-6 (in
+practice bit-identical: both compute each loss in float32 from the same log-probs); with ``logps_backend="sgpo"``
+(sgpo's fused log-prob op instead of TRL's head) logged values to rel 1e-5 and parameters to 1e-4 (1% of a step).
 """
 
 from __future__ import annotations
@@ -86,31 +87,47 @@ def step_logs(trainer: DPOTrainer) -> list[dict]:
     return [entry for entry in trainer.state.log_history if "loss" in entry]
 
 
-def assert_same_training(ours: DPOTrainer, theirs: DPOTrainer) -> None:
+def assert_same_training(
+    ours: DPOTrainer, theirs: DPOTrainer, tolerance: float = 1e-6, param_tolerance: float = 1e-6
+) -> None:
     ours_logs, their_logs = step_logs(ours), step_logs(theirs)
     assert len(ours_logs) == len(their_logs) == 3
     for step, (a, b) in enumerate(zip(ours_logs, their_logs)):
         for key in LOGGED:
-            assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-7), f"step {step + 1}: {key}"
+            assert a[key] == pytest.approx(b[key], rel=tolerance, abs=tolerance / 10), f"step {step + 1}: {key}"
     theirs_params = dict(theirs.model.named_parameters())
     for name, param in ours.model.named_parameters():
-        torch.testing.assert_close(param, theirs_params[name], rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(param, theirs_params[name], rtol=0, atol=param_tolerance, msg=name)
     moved = max((theirs_params[n] - p).abs().max().item() for n, p in theirs.initial_params.items())
     assert moved > 1e-4, "training did not move the parameters; the comparison would be vacuous"
 
 
 @pytest.mark.parametrize(
-    ("loss_type", "label_smoothing"),
-    [("sigmoid", 0.0), ("hinge", 0.0), ("ipo", 0.0), ("robust", 0.2), ("sppo_hard", 0.0)],
+    ("loss_type", "label_smoothing", "logps_backend"),
+    [
+        ("sigmoid", 0.0, "trl"),
+        ("hinge", 0.0, "trl"),
+        ("ipo", 0.0, "trl"),
+        ("robust", 0.2, "trl"),
+        ("sppo_hard", 0.0, "trl"),
+        ("sigmoid", 0.0, "sgpo"),
+        ("ipo", 0.0, "sgpo"),
+    ],
 )
 def test_reproduces_trl_losses_and_parameters(
-    tiny_model_dir: Path, tmp_path: Path, loss_type: str, label_smoothing: float
+    tiny_model_dir: Path, tmp_path: Path, loss_type: str, label_smoothing: float, logps_backend: str
 ) -> None:
     dataset = pairs()
     options = dict(loss_type=loss_type, label_smoothing=label_smoothing)
     theirs = train(DPOTrainer, config(DPOConfig, tmp_path, **options), tiny_model_dir, dataset)
-    ours = train(SGPODPOTrainer, config(SGPODPOConfig, tmp_path, **options), tiny_model_dir, dataset)
-    assert_same_training(ours, theirs)
+    args = config(SGPODPOConfig, tmp_path, logps_backend=logps_backend, **options)
+    ours = train(SGPODPOTrainer, args, tiny_model_dir, dataset)
+    if logps_backend == "trl":
+        assert_same_training(ours, theirs)
+    else:
+        # sgpo's fused op sums the same float32 terms in another order than TRL's head; AdamW's normalised steps
+        # (lr 1e-2) amplify that in parameters whose gradients are near 0, so those get 1% of a step
+        assert_same_training(ours, theirs, tolerance=1e-5, param_tolerance=1e-4)
 
 
 @pytest.mark.parametrize("reference", ["peft", "precomputed"])

@@ -54,6 +54,7 @@ WIN_PROB_COLUMNS: tuple[tuple[str, str], ...] = (
     ("chosen_probs_win", "chosen_probs_lose"),
 )
 SSAPO_WORST_CASE_MODES: tuple[str, ...] = ("batch", "columns")
+LOGPS_BACKENDS: tuple[str, ...] = ("trl", "sgpo")
 
 # batch keys the trainer itself consumes; everything else in a collated batch goes to the model's forward
 _TRL_NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
@@ -72,6 +73,14 @@ class SGPODPOConfig(DPOConfig):
     are refused.
     """
 
+    logps_backend: str = field(
+        default="trl",
+        metadata={
+            "help": "Op computing the policy's log-probs: 'trl' (TRL's fused LM head) or 'sgpo' "
+            "(sgpo.ops.fused_linear_sequence_logps on the last hidden states and the lm_head weight).",
+            "choices": list(LOGPS_BACKENDS),
+        },
+    )
     ipo_length_normalized: bool = field(
         default=True,
         metadata={"help": "ipo divides each log-ratio by its completion's token count, as TRL's ipo does."},
@@ -130,6 +139,8 @@ class SGPODPOConfig(DPOConfig):
                 f"label_smoothing: only {' and '.join(_SMOOTHED_LOSS_TYPES)} use it; got {self.label_smoothing!r} "
                 f"with loss_type={self.loss_type}"
             )
+        if self.logps_backend not in LOGPS_BACKENDS:
+            raise ValueError(f"logps_backend: expected one of {', '.join(LOGPS_BACKENDS)}, got {self.logps_backend!r}")
         if self.ssapo_worst_case not in SSAPO_WORST_CASE_MODES:
             raise ValueError(
                 f"ssapo_worst_case: expected one of {', '.join(SSAPO_WORST_CASE_MODES)}, got {self.ssapo_worst_case!r}"
@@ -270,10 +281,18 @@ class SGPODPOTrainer(DPOTrainer):
             model_kwargs["output_router_logits"] = True
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-        # prompt-learning PEFT prepends virtual tokens to the outputs; the real tokens are the last seq_len - 1
+        # prompt-learning PEFT prepends virtual tokens to the outputs; the real positions are the last ones
         seq_len = completion_mask.size(1) - 1
-        chosen_logps, rejected_logps = outputs.log_probs[:, -seq_len:].sum(dim=1).chunk(2, dim=0)
+        if self.args.logps_backend == "trl":
+            outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+            logps = outputs.log_probs[:, -seq_len:].sum(dim=1)
+        else:
+            # logits_to_keep=1: through the model's own forward (DDP hooks intact) without the (B, T, V) logits
+            outputs = model(**model_kwargs, logits_to_keep=1, output_hidden_states=True)
+            hidden = outputs.hidden_states[-1][:, -(seq_len + 1) : -1]
+            head = self.accelerator.unwrap_model(model).get_output_embeddings()
+            logps = sgpo.ops.fused_linear_sequence_logps(hidden, head.weight, labels[:, 1:], bias=head.bias)
+        chosen_logps, rejected_logps = logps.chunk(2, dim=0)
 
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
@@ -368,7 +387,7 @@ class SGPODPOTrainer(DPOTrainer):
         gather = self.accelerator.gather_for_metrics
         metrics = self._metrics[mode]
         mask = inputs["completion_mask"][..., 1:]
-        if outputs.entropy is not None:
+        if getattr(outputs, "entropy", None) is not None:
             entropy_sum = gather((outputs.entropy[:, -seq_len:].detach() * mask).sum()).sum()
             tokens = gather(mask.sum()).sum()
             metrics["entropy"].append((entropy_sum / tokens).item() if tokens > 0 else 0.0)
