@@ -299,6 +299,14 @@ def test_bad_configurations_name_the_argument(tiny_model_dir: Path, tmp_path: Pa
             train_dataset=pairs(),
             processing_class=tokenizer,
         )
+    with pytest.raises(ValueError, match=r"eval_dataset: the loss reads the columns \['chosen_probs_lose'"):
+        SGPODPOTrainer(
+            str(tiny_model_dir),
+            args=config(SGPODPOConfig, tmp_path, loss_type="sppo"),
+            train_dataset=pairs(chosen_win_prob=[0.6] * 8, rejected_win_prob=[0.4] * 8),
+            eval_dataset=pairs(chosen_probs_win=[0.6] * 8, chosen_probs_lose=[0.4] * 8),
+            processing_class=tokenizer,
+        )
     with pytest.raises(ValueError, match="'worst_case_weights'.*add_worst_case_columns"):
         SGPODPOTrainer(
             str(tiny_model_dir),

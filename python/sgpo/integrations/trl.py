@@ -254,9 +254,20 @@ class SGPODPOTrainer(DPOTrainer):
                 f"args: expected an sgpo.integrations.trl.SGPODPOConfig (a DPOConfig with sgpo's options), "
                 f"got {type(args).__name__}"
             )
-        train_dataset = kwargs.get("train_dataset")
-        # checked before TRL tokenises the dataset, so a missing column fails in seconds
+        train_dataset, eval_dataset = kwargs.get("train_dataset"), kwargs.get("eval_dataset")
+        # checked before TRL tokenises the datasets, so a missing column fails in seconds
         self._sgpo_columns = loss_columns(args, train_dataset) if train_dataset is not None else {}
+        evals = eval_dataset if isinstance(eval_dataset, dict) else {"": eval_dataset}
+        for name, dataset in evals.items():
+            if dataset is None:
+                continue
+            label = f"eval_dataset[{name!r}]" if name else "eval_dataset"
+            columns = loss_columns(args, dataset, label)
+            if columns != self._sgpo_columns:
+                raise ValueError(
+                    f"{label}: the loss reads the columns {sorted(columns.values())} from it but "
+                    f"{sorted(self._sgpo_columns.values())} from train_dataset; name them alike"
+                )
         super().__init__(model, ref_model=ref_model, args=args, **kwargs)
         if self._sgpo_columns:
             self.data_collator = _WithLossColumns(self.data_collator, self._sgpo_columns)
