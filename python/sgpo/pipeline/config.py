@@ -277,6 +277,12 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ValueError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
     if annotation is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 2e-4 (no dot) as a string; it is a number to anyone writing it
+            try:
+                value = float(value)
+            except ValueError:
+                raise ValueError(f"{key}: expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{key}: expected a number, got {value!r}")
         return float(value)

@@ -100,6 +100,16 @@ class LossSpec:
     refinement_smoothing: np.ndarray | None = None
 
 
+def spa_smoothing(margins: np.ndarray, beta: float, alpha: float, quantile: float) -> np.ndarray:
+    """SPA's per-pair smoothing e_i = a (1 - c_i), c_i = 1[beta h_i > tau], tau the ``quantile`` of beta h (DESIGN 1.5).
+
+    ``margins`` are the self-annotation margins h of the round's pairs, the confidence of the judge in each label.
+    """
+    scaled = beta * np.asarray(margins, dtype=np.float64)
+    tau = float(np.quantile(scaled, quantile))
+    return alpha * (1.0 - (scaled > tau).astype(np.float64))
+
+
 def pair_losses(
     spec: LossSpec,
     idx: np.ndarray,

@@ -28,6 +28,7 @@ import yaml
 from sgpo.pipeline import files
 from sgpo.pipeline.config import RunConfig, bundled_configs, load_config
 from sgpo.pipeline.data import RunData, fit_prompts, prepare_data
+from sgpo.pipeline.leader import spa_smoothing
 
 
 class Run:
@@ -85,9 +86,6 @@ class Run:
                     f"output_dir: {self.out} holds a run made with a different config (first difference at {key}); "
                     "use a new output_dir or the same config"
                 )
-        elif self.main:
-            with files.atomic_path(path) as tmp:
-                tmp.write_text(yaml.safe_dump(current, sort_keys=False))
 
     # ---------------------------------------------------------------- models
     def load_policy(self, checkpoint: Path | None) -> Any:
@@ -571,6 +569,12 @@ class Run:
         with self.accelerator.main_process_first():
             self.base_path = resolve_model(cfg.model.name_or_path)
         self.tokenizer = load_tokenizer(self.base_path)
+        # recorded only once the data and the model passed their checks, so a failed start can be corrected freely
+        config_path = self.out / "config.yaml"
+        if self.main and not config_path.is_file():
+            with files.atomic_path(config_path) as tmp:
+                tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.barrier()
         if cfg.logging.report_to:
             self.accelerator.init_trackers("sgpo", config=_flatten(cfg.to_dict()))
 
@@ -603,7 +607,9 @@ class Run:
                 worst.pop("xi")
                 metrics["follower"] = worst
                 if self.cfg.refinement.enabled:
-                    extra["refinement_smoothing"] = self.refinement(pairs)
+                    r = self.cfg.refinement
+                    margins = np.asarray([p["margin"] for p in pairs], dtype=np.float64)
+                    extra["refinement_smoothing"] = spa_smoothing(margins, self.cfg.train.beta, r.alpha, r.quantile)
             else:
                 extra["chosen_win_prob"] = np.asarray([p["chosen_win_prob"] for p in pairs])
                 extra["rejected_win_prob"] = np.asarray([p["rejected_win_prob"] for p in pairs])
@@ -618,13 +624,6 @@ class Run:
         self.barrier()
         self.accelerator.free_memory()
         return metrics
-
-    def refinement(self, pairs: list[dict[str, Any]]) -> np.ndarray:
-        """SPA's per-pair smoothing e_i = a (1 - c_i), c_i = 1[beta h_i > tau], tau a low quantile (DESIGN 1.5)."""
-        s = self.cfg.refinement
-        scaled = self.cfg.train.beta * np.asarray([p["margin"] for p in pairs], dtype=np.float64)
-        tau = float(np.quantile(scaled, s.quantile))
-        return s.alpha * (1.0 - (scaled > tau).astype(np.float64))
 
     def report(self, rounds: list[dict[str, Any]], seconds: float) -> Path:
         rows = []

@@ -1,0 +1,271 @@
+"""``sgpo run`` end to end on the tiny model: SSAPO, SPPO and offline DPO, the run files, and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+pytest.importorskip("accelerate")
+
+import sgpo  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from conftest import tiny_overrides  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
+from sgpo.pipeline import load_config, run  # noqa: E402
+from sgpo.pipeline.judges import ScoreJudge, build_judge  # noqa: E402
+from sgpo.pipeline.leader import LossSpec, global_batches, local_part, pair_losses, spa_smoothing  # noqa: E402
+
+
+class VowelJudge(ScoreJudge):
+    """A deterministic test judge: the share of vowels in a response."""
+
+    name = "vowels"
+
+    def __init__(self, temperature: float = 1.0) -> None:
+        self.temperature = temperature
+
+    def scores(self, prompts: Any, responses: Any) -> np.ndarray:
+        return np.array([10 * sum(c in "aeiou" for c in r) / (1 + len(r)) for r in responses])
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def response_logps(model: Any, tokenizer: Any, prompt: Any, response: str) -> float:
+    """log pi(response + EOS | templated prompt), computed directly from the model's logits."""
+    from sgpo.generation import format_prompt
+
+    prompt_ids = tokenizer(format_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        logprobs = F.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    targets = ids[0, len(prompt_ids) :]
+    return float(logprobs[len(prompt_ids) - 1 : -1].gather(-1, targets[:, None]).sum())
+
+
+def test_ssapo_run_files_and_report(ssapo_run: Path) -> None:
+    report = json.loads((ssapo_run / "report.json").read_text())
+    assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
+    assert (ssapo_run / "report.md").read_text().startswith("# sgpo run: ssapo")
+    steps = read_jsonl(ssapo_run / "metrics.jsonl")
+    assert [s["global_step"] for s in steps] == list(range(1, len(steps) + 1))
+    for t in (1, 2):
+        d = ssapo_run / f"round_{t}"
+        for name in ("prompts.jsonl", "generations.jsonl", "annotations.jsonl", "worst_case.json", "metrics.json"):
+            assert (d / name).is_file(), name
+        assert (d / "checkpoint" / "adapter_model.safetensors").is_file()
+        assert not list(d.glob("*_parts")) and not list(d.glob(".*"))
+        generations = read_jsonl(d / "generations.jsonl")
+        assert len(generations) == 6 and all(len(g["responses"]) == 2 for g in generations)
+        metrics = json.loads((d / "metrics.json").read_text())
+        assert metrics["train"]["steps"] == math.ceil(metrics["train"]["pairs"] / 4)
+        assert all(math.isfinite(s["loss"]) for s in steps if s["round"] == t)
+
+
+def test_worst_case_is_the_followers_answer_on_the_annotated_margins(ssapo_run: Path) -> None:
+    cfg = load_config("tiny")
+    for t in (1, 2):
+        d = ssapo_run / f"round_{t}"
+        margins = np.array([p["margin"] for p in read_jsonl(d / "annotations.jsonl")])
+        saved = load_file(str(d / "worst_case.safetensors"))
+        # probability space: xi = sigmoid(gamma * h) (DESIGN 1.2)
+        np.testing.assert_allclose(saved["xi"], 1 / (1 + np.exp(-cfg.follower.gamma * margins)), rtol=1e-12)
+        expected = sgpo.worst_case(saved["xi"], cfg.follower.epsilon, pieces=cfg.follower.pieces)
+        np.testing.assert_allclose(saved["weights"], expected.weights, atol=1e-12)
+        np.testing.assert_allclose(saved["shifts"], expected.shifts, atol=1e-12)
+        np.testing.assert_allclose(saved["weights"].sum(1), 1.0, atol=1e-9)
+        summary = json.loads((d / "worst_case.json").read_text())
+        assert summary["transport"] <= cfg.follower.epsilon + 1e-9
+        assert 0 < summary["mass_moved"] <= 1
+
+
+def test_self_annotation_is_the_implicit_reward_of_pi_t_against_sft(ssapo_run: Path, tiny_model_dir: Path) -> None:
+    from peft import PeftModel
+    from sgpo.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    sft = load_model(tiny_model_dir).eval()
+    policy = PeftModel.from_pretrained(load_model(tiny_model_dir), str(ssapo_run / "round_0" / "checkpoint")).eval()
+    pairs = read_jsonl(ssapo_run / "round_1" / "annotations.jsonl")
+    generations = read_jsonl(ssapo_run / "round_1" / "generations.jsonl")
+    assert len(pairs) == len(generations)
+    for pair, gen in zip(pairs, generations, strict=True):
+        assert {pair["chosen"], pair["rejected"]} == set(gen["responses"])
+        r = [
+            response_logps(policy, tokenizer, pair["prompt"], y) - response_logps(sft, tokenizer, pair["prompt"], y)
+            for y in (pair["chosen"], pair["rejected"])
+        ]
+        assert r[0] >= r[1]
+        assert pair["margin"] == pytest.approx(r[0] - r[1], abs=1e-4)
+    assert any(p["margin"] > 1e-6 for p in pairs)
+
+
+def test_finished_run_redoes_nothing(ssapo_run: Path, tiny_model_dir: Path, preference_files: dict[str, Path]) -> None:
+    # the summary (report.*, metrics.jsonl) is rewritten on every call; every stage's files stay untouched
+    summary = ("report.json", "report.md", "metrics.jsonl")
+    stamps = {p: p.stat().st_mtime_ns for p in ssapo_run.rglob("*") if p.is_file() and p.name not in summary}
+    again = run(load_config("tiny", tiny_overrides(tiny_model_dir, preference_files, ssapo_run)))
+    assert [r["round"] for r in again["rounds"]] == [0, 1, 2]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_a_different_config_is_refused_in_the_same_output_dir(
+    ssapo_run: Path, tiny_model_dir: Path, preference_files: dict[str, Path]
+) -> None:
+    cfg = load_config("tiny", tiny_overrides(tiny_model_dir, preference_files, ssapo_run, "train.beta=0.2"))
+    with pytest.raises(ValueError, match=r"output_dir: .* different config \(first difference at train.beta"):
+        run(cfg)
+
+
+def test_sppo_run_with_a_pluggable_judge(
+    tmp_path: Path, tiny_model_dir: Path, preference_files: dict[str, Path], single_thread: None
+) -> None:
+    overrides = tiny_overrides(
+        tiny_model_dir,
+        preference_files,
+        tmp_path / "sppo",
+        "method=sppo",
+        "rounds=1",
+        "train.loss_type=sppo",
+        "round0.enabled=false",
+        "generation.num_samples=3",
+        "judge.name=test_pipeline:VowelJudge",
+        "judge.options.temperature=0.5",
+    )
+    report = run(load_config("tiny", overrides))
+    assert [r["round"] for r in report["rounds"]] == [1]
+    assert not (tmp_path / "sppo" / "round_0").exists()
+    judge = VowelJudge(temperature=0.5)
+    for pair in read_jsonl(tmp_path / "sppo" / "round_1" / "annotations.jsonl"):
+        probs = np.array(pair["win_probs"])
+        # Bradley-Terry win probabilities over K responses sum to K / 2
+        assert probs.sum() == pytest.approx(1.5)
+        assert pair["chosen_win_prob"] == pytest.approx(probs.max())
+        assert pair["rejected_win_prob"] == pytest.approx(probs.min())
+        s = judge.scores([pair["prompt"]] * 2, [pair["chosen"], pair["rejected"]])
+        assert s[0] > s[1]
+
+
+def test_offline_dpo_with_ipo(
+    tmp_path: Path, tiny_model_dir: Path, preference_files: dict[str, Path], single_thread: None
+) -> None:
+    overrides = tiny_overrides(
+        tiny_model_dir,
+        preference_files,
+        tmp_path / "dpo",
+        "method=dpo",
+        "rounds=0",
+        "train.loss_type=ipo",
+        "round0.loss_type=ipo",
+        "round0.epochs=2",
+        "model.lora=false",
+    )
+    report = run(load_config("tiny", overrides))
+    (row,) = report["rounds"]
+    assert row["pairs"] == 12
+    steps = read_jsonl(tmp_path / "dpo" / "metrics.jsonl")
+    assert len(steps) == 2 * math.ceil(12 / 4) and steps[-1]["epoch"] == 1
+    checkpoint = tmp_path / "dpo" / "round_0" / "checkpoint"
+    assert (checkpoint / "model.safetensors").is_file() and (checkpoint / "tokenizer.json").is_file()
+    # full fine-tuning: the IPO loss falls over two epochs at lr 1e-3
+    assert steps[-1]["loss"] < steps[0]["loss"]
+
+
+def test_bad_data_is_reported_before_any_model_loads(tmp_path: Path, preference_files: dict[str, Path]) -> None:
+    missing = tmp_path / "missing-column.jsonl"
+    missing.write_text(json.dumps({"prompt": "a", "good": "b", "rejected": "c"}) + "\n")
+    empty = tmp_path / "empty-prompt.jsonl"
+    empty.write_text(json.dumps({"prompt": "  ", "chosen": "b", "rejected": "c"}) + "\n")
+    # a model path that does not exist shows the data errors are raised first, before loading
+    base = ["model.name_or_path=/no/such/model", f"output_dir={tmp_path / 'out'}", "rounds=0", "logging.progress=false"]
+    with pytest.raises(ValueError, match=r"data: .* has no column 'chosen'; its columns are prompt, good, rejected"):
+        run(load_config("tiny", [*base, f"data.seed_pairs={missing}"]))
+    with pytest.raises(ValueError, match=r"prompt: row 0 is an empty prompt"):
+        run(load_config("tiny", [*base, f"data.seed_pairs={empty}"]))
+    with pytest.raises(FileNotFoundError, match=r"data: /no/such/file.jsonl does not exist"):
+        run(load_config("tiny", [*base, "data.seed_pairs=/no/such/file.jsonl"]))
+    with pytest.raises(FileNotFoundError, match=r"model: '/no/such/model' is neither"):
+        run(load_config("tiny", [*base, f"data.seed_pairs={preference_files['pairs']}"]))
+    too_many = ["rounds=2", "data.prompts_per_round=[10, 10]", f"data.prompts={preference_files['prompts']}"]
+    with pytest.raises(ValueError, match=r"data.prompts_per_round: rounds need \[10, 10\] prompts .* holds 16"):
+        run(load_config("tiny", [*base, f"data.seed_pairs={preference_files['pairs']}", *too_many]))
+
+
+def test_long_prompts_are_truncated_or_skipped_and_counted(tiny_model_dir: Path) -> None:
+    from sgpo.generation import format_prompt
+    from sgpo.models import load_tokenizer
+    from sgpo.pipeline.config import DataConfig
+    from sgpo.pipeline.data import fit_prompts
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    long = "word " * 40 + "THE QUESTION?"
+    prompts = ["short one", long, [{"role": "user", "content": long}]]
+    kept, indices, counts = fit_prompts(tokenizer, prompts, DataConfig(max_prompt_length=48), None)
+    assert counts == {"prompts": 3, "truncated": 2, "skipped": 0} and indices == [0, 1, 2]
+    for p in kept:
+        assert len(tokenizer(format_prompt(tokenizer, p), add_special_tokens=False)["input_ids"]) <= 48
+    assert kept[1].endswith("THE QUESTION?") and kept[2][0]["content"] == kept[1]
+    kept, indices, counts = fit_prompts(tokenizer, prompts, DataConfig(max_prompt_length=48, long_prompts="skip"), None)
+    assert kept == ["short one"] and indices == [0] and counts["skipped"] == 2
+    with pytest.raises(ValueError, match="data.max_prompt_length: 5 tokens cannot hold even the chat template"):
+        fit_prompts(tokenizer, [long], DataConfig(max_prompt_length=5, max_length=10), None)
+
+
+def test_judges_resolve_by_name_and_reject_bad_options() -> None:
+    verifiable = build_judge("verifiable", {"temperature": 0.2}, None)
+    assert callable(verifiable.scores) and callable(verifiable.win_probabilities)
+    with pytest.raises(ValueError, match="judge.name: unknown judge 'oracle'"):
+        build_judge("oracle", {}, None)
+    with pytest.raises(ValueError, match="judge.name: cannot import 'no_such_module:Judge'"):
+        build_judge("no_such_module:Judge", {}, None)
+    with pytest.raises(ValueError, match="judge.options: .* do not fit VowelJudge"):
+        build_judge("test_pipeline:VowelJudge", {"sharpness": 2}, None)
+    with pytest.raises(ValueError, match="scores with the policy and cannot judge outside a run"):
+        build_judge("implicit_reward", {}, None)
+
+
+def test_global_batches_split_over_processes_cover_each_pair_once() -> None:
+    from sgpo.pipeline.leader import TrainSettings
+
+    settings = TrainSettings(1e-3, 1, 5, 2, "adamw", 0.0, "cosine", 0.0, 1.0, seed=3)
+    batches = global_batches(13, settings, epoch=0)
+    assert [len(b) for b in batches] == [5, 5, 3]
+    assert sorted(np.concatenate(batches).tolist()) == list(range(13))
+    assert not np.array_equal(np.concatenate(global_batches(13, settings, epoch=1)), np.concatenate(batches))
+    for world in (1, 2, 4):
+        parts = [local_part(batches[2], rank, world) for rank in range(world)]
+        counted = np.concatenate([p[w > 0] for p, w in parts])
+        assert sorted(counted.tolist()) == sorted(batches[2].tolist())
+    idle, weight = local_part(np.array([7]), 1, 2)
+    assert idle.tolist() == [7] and weight.tolist() == [0.0]
+
+
+def test_ssapo_with_epsilon_zero_is_dpo_and_spa_refinement_mixes_flipped_labels() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logps, ref = torch.randn(8, generator=gen) * 3, torch.randn(8, generator=gen) * 3
+    idx = np.arange(4)
+    xi = np.random.default_rng(0).uniform(0.2, 0.8, 4)
+    wc = sgpo.worst_case(xi, 0.0)
+    ssapo = pair_losses(
+        LossSpec("ssapo", 0.1, worst_case_weights=wc.weights, worst_case_shifts=wc.shifts), idx, logps, ref
+    )
+    dpo = pair_losses(LossSpec("sigmoid", 0.1), idx, logps, ref)
+    torch.testing.assert_close(ssapo.losses, dpo.losses)
+
+    margins = np.array([0.5, 2.0, -1.0, 3.0])
+    e = spa_smoothing(margins, beta=0.1, alpha=0.1, quantile=0.25)
+    assert e.tolist() == [0.0, 0.0, 0.1, 0.0]
+    refined = pair_losses(LossSpec("sigmoid", 0.1, refinement_smoothing=e), idx, logps, ref).losses
+    z = 0.1 * ((logps[:4] - ref[:4]) - (logps[4:] - ref[4:]))
+    e_t = torch.as_tensor(e, dtype=torch.float32)
+    # DESIGN 1.5: -(1 - a + a c) log sig(beta h) - (a - a c) log sig(-beta h)
+    torch.testing.assert_close(refined, -(1 - e_t) * F.logsigmoid(z) - e_t * F.logsigmoid(-z))
