@@ -4,7 +4,8 @@ TRL 1.x computes its DPO loss inline in ``DPOTrainer._compute_loss`` and offers 
 :class:`SGPODPOTrainer` overrides ``compute_loss``, the public ``transformers.Trainer`` hook, and keeps the rest of TRL:
 dataset tokenisation and collation, the fused LM head that gives per-token log-probs without materialising the logits,
 the reference log-probs (a reference model, the PEFT adapter disabled, or ``precompute_ref_log_probs``), and the
-``rewards/*`` and ``logps/*`` metrics.
+``rewards/*`` and ``logps/*`` metrics. ``logps_backend="sgpo"`` swaps TRL's log-prob head for
+:func:`sgpo.ops.fused_linear_sequence_logps` on the policy's last hidden states.
 
 ``ssapo`` runs in one of two modes (``SGPODPOConfig.ssapo_worst_case``):
 
@@ -240,8 +241,10 @@ class SGPODPOTrainer(DPOTrainer):
     """TRL's ``DPOTrainer`` with the loss computed by :func:`sgpo.ops.preference_losses`.
 
     Takes the same arguments as ``trl.DPOTrainer``; ``args`` must be an :class:`SGPODPOConfig`. Logs TRL's
-    ``rewards/{chosen,rejected,accuracies,margins}``, ``logps/{chosen,rejected}``, ``entropy`` and ``num_tokens``, and
-    for ssapo the mean worst-case shift ``ssapo/shift`` (plus ``ssapo/worst_case_value`` when solved per batch).
+    ``rewards/{chosen,rejected,accuracies,margins}``, ``logps/{chosen,rejected}``, ``num_tokens`` and (with TRL's
+    log-prob head) ``entropy``, and for ssapo the mean worst-case shift ``ssapo/shift`` (plus the follower's
+    ``ssapo/worst_case_value`` when it is solved per batch). With gradient accumulation, ssapo's batch mode solves the
+    follower once per micro-step, on that micro-step's margins from every process.
     """
 
     _tag_names = ["trl", "dpo", "sgpo"]
