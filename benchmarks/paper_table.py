@@ -126,18 +126,20 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--prompts-per-round", type=int, default=24)
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="for the rounds' sampling and the evaluation")
     args = parser.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = [f"rounds={args.rounds}", f"data.prompts_per_round={args.prompts_per_round}", "evaluate.prompts=null"]
-    settings = EvalSettings(num_prompts=args.num_prompts)
+    base.append(f"generation.max_new_tokens={args.max_new_tokens}")
+    settings = EvalSettings(num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens)
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     eval_dir = out / "eval"
 
     initial = evaluate_models([("initial", INITIAL)], INITIAL, eval_dir / "initial", settings=settings)[0]
-    for variant in [v for v in variants() if v.row in args.rows]:
+    for variant in [v for row in args.rows for v in variants() if v.row == row]:
         for seed in args.seeds:
             key = f"{variant.name}_s{seed}"
             if key in results:

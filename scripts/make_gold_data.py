@@ -6,15 +6,15 @@ scores them with :class:`sgpo.evaluation.VerifiableJudge`, and writes
 - ``prompts_test.jsonl``: the held-out evaluation prompts (test split of the task pairs);
 - ``gold_pool.jsonl``: the gold-labelled pool, one pair per prompt: the best-scored sample is chosen, the worst rejected
   (prompts whose samples all tie give no pair);
-- ``default_seed_pairs.jsonl``: the seed (the pipeline's default ``data.seed_pairs``), about 3% of the pool as in the
-  SSAPO paper (2K of UltraFeedback's 60K), drawn by seed;
+- ``default_seed_pairs.jsonl``: the gold seed (the pipeline's ``data.seed_pairs: default``): 16 pairs, 4% of the
+  400 train prompts a run draws from, as in the SSAPO paper (2K gold labels of UltraFeedback's 60K prompts, 3.3%);
 - ``default_prompts.jsonl``: train prompts without labels for the self-annotation rounds (``round`` = 1, 2, ...; the
   pipeline's default ``data.prompts``);
 - ``manifest.json``: the settings and counts.
 
 Generation is resumable: finished chunks of samples are kept in ``--work-dir`` and reused.
 
-    python scripts/make_gold_data.py            # the bundled data (about 25 minutes on 2 CPU cores)
+    python scripts/make_gold_data.py            # the bundled data (about 30 minutes on 2 busy CPU cores)
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--out", default=str(DATA_DIR))
     parser.add_argument("--work-dir", default=".cache/gold")
-    parser.add_argument("--pool-prompts", type=int, default=320)
+    parser.add_argument("--pool-prompts", type=int, default=64)
     parser.add_argument("--samples", type=int, default=4, help="samples per pool prompt")
     parser.add_argument("--seed-fraction", type=float, default=0.03)
     parser.add_argument("--min-seed", type=int, default=16, help="at least this many seed pairs")
