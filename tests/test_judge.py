@@ -134,3 +134,30 @@ def test_bad_input_raises() -> None:
         win_rate_from_outcomes([], [], [])
     with pytest.raises(ValueError, match="outcomes"):
         fit_length_logistic(np.array([0.0, 2.0]), np.array([1.0, 2.0]))
+
+
+def test_bundled_gold_labels_agree_with_the_judge() -> None:
+    import json
+    from importlib import resources
+
+    from sgpo.evaluation.prompts import parse_prompt, split_tasks
+
+    data = resources.files("sgpo") / "data"
+
+    def rows(name: str) -> list[dict]:
+        return [json.loads(line) for line in (data / name).read_text().splitlines() if line.strip()]
+
+    judge = VerifiableJudge()
+    pool = rows("gold_pool.jsonl")
+    seed = rows("default_seed_pairs.jsonl")
+    assert seed and all(pair in pool for pair in seed)
+    for pair in pool:
+        assert judge.score(pair["prompt"], pair["chosen"]) == pair["chosen_score"]
+        assert judge.score(pair["prompt"], pair["rejected"]) == pair["rejected_score"]
+        assert pair["chosen_score"] > pair["rejected_score"]
+    test = [r["prompt"] for r in rows("prompts_test.jsonl")]
+    assert test == [s.text for s in generate_prompts(len(test), "test", seed=0)]
+    train_tasks = set(split_tasks("train"))
+    for prompt in [p["prompt"] for p in pool] + [r["prompt"] for r in rows("default_prompts.jsonl")]:
+        spec = parse_prompt(prompt)
+        assert (spec.template, spec.topic) in train_tasks
