@@ -171,8 +171,10 @@ class VerifiableJudge:
         """The fraction of the prompt's constraints the response satisfies while addressing the task."""
         if not isinstance(response, str):
             raise ValueError(f"response: expected a string, got {type(response).__name__}")
-        satisfied = self.spec(prompt).satisfied(response)
-        return sum(satisfied) / len(satisfied) if satisfied else float(self.spec(prompt).addresses_task(response))
+        spec = self.spec(prompt)
+        # a bare task without constraints is scored by the on-task check alone
+        satisfied = spec.satisfied(response) if spec.constraints else [spec.addresses_task(response)]
+        return sum(satisfied) / len(satisfied)
 
     def scores(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         """:meth:`score` for each (prompt, response) pair, as a float64 array."""
