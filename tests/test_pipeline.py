@@ -269,3 +269,35 @@ def test_ssapo_with_epsilon_zero_is_dpo_and_spa_refinement_mixes_flipped_labels(
     e_t = torch.as_tensor(e, dtype=torch.float32)
     # DESIGN 1.5: -(1 - a + a c) log sig(beta h) - (a - a c) log sig(-beta h)
     torch.testing.assert_close(refined, -(1 - e_t) * F.logsigmoid(z) - e_t * F.logsigmoid(-z))
+
+
+def test_evaluate_stage_scores_each_round_against_the_starting_model(
+    tmp_path: Path, tiny_model_dir: Path, preference_files: dict[str, Path], single_thread: None
+) -> None:
+    from sgpo.evaluation import VerifiableJudge, generate_prompts
+
+    prompts_file = tmp_path / "eval_prompts.jsonl"
+    prompts_file.write_text("".join(json.dumps({"prompt": p.text}) + "\n" for p in generate_prompts(3, "test", seed=1)))
+    out = tmp_path / "evaluated"
+    overrides = tiny_overrides(
+        tiny_model_dir,
+        preference_files,
+        out,
+        "rounds=1",
+        f"evaluate.prompts={prompts_file}",
+        "evaluate.num_prompts=2",
+        "evaluate.max_new_tokens=6",
+        "data.max_prompt_length=150",
+        "data.max_length=200",
+    )
+    report = run(load_config("tiny", overrides))
+    baseline = read_jsonl(out / "eval_baseline.jsonl")
+    assert len(baseline) == 2
+    judge = VerifiableJudge()
+    for t, row in zip((0, 1), report["rounds"], strict=True):
+        metrics = json.loads((out / f"round_{t}" / "metrics.json").read_text())["eval"]
+        responses = read_jsonl(out / f"round_{t}" / "eval_responses.jsonl")
+        prompts = [r["prompt"] for r in responses]
+        expected, _, _ = judge.compare(prompts, [r["response"] for r in responses], [r["response"] for r in baseline])
+        assert metrics["win_rate"] == pytest.approx(expected.win_rate) and row["win_rate"] == metrics["win_rate"]
+        assert metrics["mean_score"] == pytest.approx(judge.scores(prompts, [r["response"] for r in responses]).mean())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -43,8 +44,13 @@ class Run:
         mixed = cfg.train.mixed_precision
         if mixed == "auto":
             mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        # accelerate only forms a multi-process CPU group (gloo) when told to run on the CPU
+        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.accelerator = Accelerator(
-            mixed_precision=mixed, log_with=cfg.logging.report_to or None, project_dir=str(self.out)
+            mixed_precision=mixed,
+            cpu=multi_cpu,
+            log_with=cfg.logging.report_to or None,
+            project_dir=str(self.out),
         )
         self.log_lines: list[str] = []
 
@@ -59,6 +65,15 @@ class Run:
 
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
+
+    def done(self, *paths: Path) -> bool:
+        """Whether every path exists, as the main process sees it, so all processes skip or run a stage together."""
+        from accelerate.utils import broadcast_object_list
+
+        answer = [all(p.exists() for p in paths)]
+        if self.accelerator.num_processes > 1:
+            broadcast_object_list(answer, from_process=0)
+        return answer[0]
 
     def round_dir(self, t: int) -> Path:
         return self.out / f"round_{t}"
@@ -191,15 +206,15 @@ class Run:
     # ---------------------------------------------------------------- stages
     def round_prompts(self, t: int) -> tuple[list[Any], dict[str, int]]:
         path = self.round_dir(t) / "prompts.jsonl"
-        if not path.is_file():
+        if not self.done(path):
             prompts, indices, counts = fit_prompts(
                 self.tokenizer, self.data.round_prompts[t - 1], self.cfg.data, self.cfg.model.system_prompt
             )
             if not prompts:
                 raise ValueError(f"data.max_prompt_length: every prompt of round {t} is too long and was skipped")
             if self.main:
-                files.write_jsonl(path, [{"index": i, "prompt": p} for i, p in zip(indices, prompts, strict=True)])
                 files.write_json(self.round_dir(t) / "prompt_counts.json", counts)
+                files.write_jsonl(path, [{"index": i, "prompt": p} for i, p in zip(indices, prompts, strict=True)])
             self.barrier()
         rows = files.read_jsonl(path)
         return [r["prompt"] for r in rows], files.read_json(self.round_dir(t) / "prompt_counts.json")
@@ -210,7 +225,7 @@ class Run:
 
         g = self.cfg.generation
         path = self.round_dir(t) / "generations.jsonl"
-        if path.is_file():
+        if self.done(path):
             return [r["responses"] for r in files.read_jsonl(path)]
         seed = self.cfg.seed * 1000 + t
         if self.use_vllm():
@@ -283,7 +298,7 @@ class Run:
         from sgpo.pipeline.judges import JudgeContext, build_judge
 
         path = self.round_dir(t) / "annotations.jsonl"
-        if path.is_file():
+        if self.done(path):
             return files.read_jsonl(path)
         context = JudgeContext(
             policy_logps=lambda p, r: self.logps(model, list(p), list(r)),
@@ -333,8 +348,9 @@ class Run:
                 f"judge.name: every pair of round {t} was a tie under {self.cfg.judge.name!r}; nothing to train on"
             )
         if self.main:
-            files.write_jsonl(path, pairs)
+            # the stage's output file is written last: its presence marks the stage done
             files.write_json(self.round_dir(t) / "annotation_counts.json", {"pairs": len(pairs), "ties": identical})
+            files.write_jsonl(path, pairs)
             _remove(parts)
         self.barrier()
         return pairs
@@ -347,7 +363,7 @@ class Run:
 
         f = self.cfg.follower
         path = self.round_dir(t) / "worst_case.safetensors"
-        if not path.is_file():
+        if not self.done(path):
             margins = np.asarray([p["margin"] for p in pairs], dtype=np.float64)
             # the follower's inputs xi (DESIGN 1.2): probability space sigmoid(gamma * h), margin space beta * h
             if f.space == "probability":
@@ -386,7 +402,7 @@ class Run:
 
         round_dir = self.round_dir(t)
         summary_path = round_dir / "train_summary.json"
-        if summary_path.is_file() and (round_dir / "checkpoint").is_dir():
+        if self.done(summary_path, round_dir / "checkpoint"):
             return files.read_json(summary_path)
         train = self.cfg.train
         r0 = self.cfg.round0
@@ -409,7 +425,7 @@ class Run:
         chosen = self.rows(prompts, [p["chosen"] for p in pairs])
         rejected = self.rows(prompts, [p["rejected"] for p in pairs])
         ref_path = round_dir / "reference_logps.safetensors"
-        if not ref_path.is_file():
+        if not self.done(ref_path):
             # reference log-probs once per round, from the policy before its first step (precompute_ref_log_probs)
             ref = self.sharded_logps(model, chosen + rejected).reshape(2, len(pairs))
             if self.main:
@@ -501,7 +517,7 @@ class Run:
         g = self.cfg.generation
 
         def sample(path: Path, policy: Any) -> list[str]:
-            if not path.is_file():
+            if not self.done(path):
                 per_chunk = max(1, g.batch_size)
                 n_chunks = (len(prompts) + per_chunk - 1) // per_chunk
 
@@ -532,7 +548,7 @@ class Run:
             return [r["response"] for r in files.read_jsonl(path)]
 
         baseline_path = self.out / "eval_baseline.jsonl"
-        if not baseline_path.is_file():
+        if not self.done(baseline_path):
             if self.cfg.model.lora:
                 with self.accelerator.unwrap_model(model).disable_adapter():
                     baseline = sample(baseline_path, self.accelerator.unwrap_model(model))
@@ -581,7 +597,7 @@ class Run:
     def run_round(self, t: int) -> dict[str, Any]:
         round_dir = self.round_dir(t)
         metrics_path = round_dir / "metrics.json"
-        if metrics_path.is_file():
+        if self.done(metrics_path):
             return files.read_json(metrics_path)
         started = time.perf_counter()
         model = self.load_policy(self.checkpoint(t))
@@ -642,7 +658,13 @@ class Run:
                     "seconds": m.get("seconds"),
                 }
             )
-        report = {"method": self.cfg.method, "output_dir": str(self.out), "rounds": rows, "seconds": seconds}
+        report = {
+            "method": self.cfg.method,
+            "output_dir": str(self.out),
+            "processes": self.accelerator.num_processes,
+            "rounds": rows,
+            "seconds": seconds,
+        }
         steps = []
         for m in rounds:
             log_path = self.round_dir(m["round"]) / "train_log.jsonl"
