@@ -89,8 +89,10 @@ def main() -> None:
 
     if options.model == "tiny":
         model = str(build_tiny_model(tempfile.mkdtemp(prefix="sgpo-bench-model-"), hidden_size=128, num_layers=2))
+        label = "tiny random Llama (hidden 128, 2 layers)"
     else:
         model = resolve_model(options.model)
+        label = Path(model).name
     data = pairs(options.batch * options.steps, options.length)
     on_gpu = torch.cuda.is_available()
     common = dict(
@@ -129,7 +131,7 @@ def main() -> None:
     baseline = best["trl.DPOTrainer sigmoid (baseline)"]
     device = torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.processor() or platform.machine()})"
     lines = [
-        f"Model {Path(model).name}, batch {options.batch} pairs, {options.length}-word responses, {device}, "
+        f"Model {label}, batch {options.batch} pairs, {options.length}-word responses, {device}, "
         f"torch {torch.__version__}, sgpo {sgpo.__version__}, {torch.get_num_threads()} threads, "
         f"{os.cpu_count()} cores.",
         "",
