@@ -130,8 +130,21 @@ def test_reproduces_trl_losses_and_parameters(
         assert_same_training(ours, theirs, tolerance=1e-5, param_tolerance=1e-4)
 
 
-@pytest.mark.parametrize("reference", ["peft", "precomputed"])
-def test_reproduces_trl_with_its_reference_setups(tiny_model_dir: Path, tmp_path: Path, reference: str) -> None:
+FROZEN_HEAD_BUG = pytest.mark.xfail(
+    raises=RuntimeError,
+    strict=True,
+    reason="sgpo.ops.fused_linear_sequence_logps cannot backpropagate with a frozen lm_head (LoRA): "
+    "linear_token_logps_backward returns one empty tensor for both unused gradients, which torch.library rejects",
+)
+
+
+@pytest.mark.parametrize(
+    ("reference", "logps_backend"),
+    [("peft", "trl"), ("precomputed", "trl"), pytest.param("peft", "sgpo", marks=FROZEN_HEAD_BUG)],
+)
+def test_reproduces_trl_with_its_reference_setups(
+    tiny_model_dir: Path, tmp_path: Path, reference: str, logps_backend: str
+) -> None:
     dataset = pairs()
     kwargs, overrides = {}, {}
     if reference == "peft":
@@ -140,12 +153,16 @@ def test_reproduces_trl_with_its_reference_setups(tiny_model_dir: Path, tmp_path
     else:
         overrides["precompute_ref_log_probs"] = True
     theirs = train(DPOTrainer, config(DPOConfig, tmp_path, **overrides), tiny_model_dir, dataset, **kwargs)
-    ours = train(SGPODPOTrainer, config(SGPODPOConfig, tmp_path, **overrides), tiny_model_dir, dataset, **kwargs)
+    args = config(SGPODPOConfig, tmp_path, logps_backend=logps_backend, **overrides)
+    ours = train(SGPODPOTrainer, args, tiny_model_dir, dataset, **kwargs)
     # the reference is the adapter disabled (PEFT) or the dataset's ref_*_logps columns: no reference model is kept
     assert ours.ref_model is None
     if reference == "precomputed":
         assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(ours.train_dataset.column_names)
-    assert_same_training(ours, theirs)
+    if logps_backend == "trl":
+        assert_same_training(ours, theirs)
+    else:
+        assert_same_training(ours, theirs, tolerance=1e-5, param_tolerance=1e-4)
 
 
 def hand_logps(model_dir: Path, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
