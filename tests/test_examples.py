@@ -90,3 +90,53 @@ def test_trl_example_modes(extra: list[str], tmp_path: Path) -> None:
         # the follower spends its whole transport budget, so the mean shift is epsilon (0.05 in the example): per batch
         # in batch mode, per dataset in columns mode (each logging window of 4 steps of 7 pairs is 2 epochs of 14)
         assert summary["last_ssapo/shift"] == pytest.approx(0.05, rel=1e-4)
+
+
+def test_hf_trainer_example_computes_the_reference_loss(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The example's batch layout (stacked rows, shifted targets, last hidden states) gives sgpo's reference loss."""
+    import sgpo
+    from sgpo.models import build_tiny_model
+    from sgpo.nn import FusedLinearPreferenceLoss
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+
+    example = load_example("hf_trainer")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    reference = AutoModelForCausalLM.from_pretrained(build_tiny_model(tmp_path / "reference", seed=1))
+    raw = example.toy_pairs()[:4]
+    rows = [example.tokenize(tokenizer, row) for row in raw]
+    trainer = example.PreferenceTrainer(
+        model=model,
+        args=TrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to=[]),
+        train_dataset=rows,
+        ref_model=reference,
+        loss_fn=FusedLinearPreferenceLoss(loss_type="sppo", beta=0.1),
+        epsilon=0.05,
+    )
+    loss = trainer.compute_loss(model, example.collate(rows, tokenizer.pad_token_id))
+
+    def logps(net: torch.nn.Module, side: str) -> torch.Tensor:
+        """Full logits of prompt + response + EOS, one row at a time, scored on the response and EOS only."""
+        out = []
+        for row in raw:
+            prompt = tokenizer(row["prompt"], add_special_tokens=False)["input_ids"]
+            response = tokenizer(row[side], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids = torch.tensor([prompt + response])
+            labels = ids.clone()
+            labels[:, : len(prompt)] = -100
+            out.append(sgpo.ops.sequence_logps(net(input_ids=ids).logits[:, :-1], labels[:, 1:]))
+        return torch.cat(out)
+
+    with torch.no_grad():
+        ref_chosen, ref_rejected = logps(reference, "chosen"), logps(reference, "rejected")
+    expected = sgpo.ops.preference_loss(
+        logps(model, "chosen"),
+        logps(model, "rejected"),
+        ref_chosen,
+        ref_rejected,
+        loss_type="sppo",
+        beta=0.1,
+        chosen_win_prob=torch.tensor([row["chosen_win_prob"] for row in raw]),
+        rejected_win_prob=torch.tensor([row["rejected_win_prob"] for row in raw]),
+    )
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
