@@ -3,7 +3,7 @@
     python benchmarks/judge_throughput.py            # prints one markdown table row per mode
 
 A judgement is one ``score(prompt, response)``; "pairwise" times ``preference_probs`` (two scores per pair) and
-"cold" clears the prompt-parse cache first, so it includes parsing each prompt once.
+"cold" clears the prompt-parse cache first, so it includes parsing each distinct prompt once.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def workload() -> tuple[list[str], list[str]]:
         rows = [json.loads(line) for line in pool.read_text().splitlines() if line.strip()]
         prompts = [r["prompt"] for r in rows for _ in (0, 1)]
         responses = [r[key] for r in rows for key in ("chosen", "rejected")]
-        return prompts, responses
+        # repeated up to a few thousand judgements so the timing is not dominated by noise
+        reps = max(1, 4000 // len(prompts))
+        return prompts * reps, responses * reps
     specs = generate_prompts(500, "train", seed=0)
     prompts = [s.text for s in specs]
     responses = [f"Here is a short answer about {s.topic}, written plainly in a few sentences." for s in specs]
