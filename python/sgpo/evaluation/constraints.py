@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -56,9 +57,19 @@ def _trigrams(tokens: list[str]) -> list[tuple[str, ...]]:
     return [tuple(tokens[i : i + 3]) for i in range(len(tokens) - 2)]
 
 
+@lru_cache(maxsize=1024)
+def _stem_pattern(topic_keywords: tuple[str, ...]) -> re.Pattern[str]:
+    return re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, topic_keywords)) + ")", re.IGNORECASE)
+
+
+@lru_cache(maxsize=65536)
+def _prompt_trigrams(prompt: str) -> frozenset[tuple[str, ...]]:
+    return frozenset(_trigrams([w.lower() for w in words(prompt)]))
+
+
 def mentions_topic(response: str, topic_keywords: tuple[str, ...]) -> bool:
     """Whether some word of ``response`` starts with one of the topic's keyword stems (case-insensitive)."""
-    return any(w.startswith(topic_keywords) for w in (w.lower() for w in words(response)))
+    return _stem_pattern(topic_keywords).search(response) is not None
 
 
 def addresses_task(response: str, prompt: str, topic_keywords: tuple[str, ...]) -> bool:
@@ -70,7 +81,7 @@ def addresses_task(response: str, prompt: str, topic_keywords: tuple[str, ...]) 
         return False
     grams = _trigrams(tokens)
     if grams:
-        prompt_grams = set(_trigrams([w.lower() for w in words(prompt)]))
+        prompt_grams = _prompt_trigrams(prompt)
         if sum(g in prompt_grams for g in grams) > MAX_PROMPT_OVERLAP * len(grams):
             return False
         if len(grams) >= 10 and len(set(grams)) < MIN_DISTINCT_TRIGRAMS * len(grams):

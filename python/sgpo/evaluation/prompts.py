@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -122,7 +122,7 @@ class PromptSpec:
     topic: str
     constraints: tuple[Constraint, ...]
 
-    @property
+    @cached_property
     def text(self) -> str:
         task = TASK_TEMPLATES[self.template].format(topic=self.topic)
         return " ".join([task, *(c.instruction() for c in self.constraints)])
