@@ -154,7 +154,7 @@ def main() -> None:
     notes = [
         "",
         f"K = {K}, epsilon = {eps}, one group of n margins (SSAPO's program of DESIGN 1.2); ratios are against "
-        "sgpo cpu in the same row. Machine: "
+        "sgpo cpu in the same row (time / sgpo cpu time). Machine: "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}.",
     ]
@@ -163,7 +163,7 @@ def main() -> None:
         below_clean = sum(s < c for s, _, c in paper_values)
         notes.append(
             f"paper SLSQP: {paper_per_group:.1f} s per group of 100 (mean of {len(paper_values)} timed groups), "
-            f"times n/100 groups. Its objective is {100 * min(gaps):.0f}-{100 * max(gaps):.0f}% below the exact "
+            f"times n/100 groups. Its objective is {100 * min(gaps):.1f}% to {100 * max(gaps):.1f}% below the exact "
             f"optimum of the same groups (max_shift = epsilon, as in the paper's code); "
             f"{below_clean}/{len(paper_values)} sampled groups end below the no-attack value."
         )
