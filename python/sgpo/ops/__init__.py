@@ -4,7 +4,8 @@ Each op runs the Triton kernels of ``sgpo.kernels`` for CUDA tensors (or CPU ten
 and a lean PyTorch path otherwise; ``SGPO_KERNELS=triton|torch`` overrides the choice (see :mod:`sgpo.ops.dispatch`).
 """
 
-from sgpo.ops.logps import fused_linear_sequence_logps, fused_linear_token_logps, sequence_logps
+from sgpo.ops.fused_linear import fused_linear_sequence_logps, fused_linear_token_logps
+from sgpo.ops.logps import sequence_logps
 from sgpo.ops.preference import preference_loss, preference_losses
 from sgpo.reference import LOSS_TYPES, PreferenceLosses
 
