@@ -166,11 +166,10 @@ def _linear_token_logps_backward(
                 _accumulate_mm(grad_weight[start:stop], grad_logits.t(), chunk_hidden)
         if need_hidden:
             grad_hidden.index_copy_(0, chunk, chunk_grad_hidden)
-    empty = weight.new_empty(0)
     return (
         grad_hidden.to(hidden.dtype) if need_hidden else hidden.new_empty(0),
-        grad_weight.to(weight.dtype) if need_weight else empty,
-        grad_bias.to(bias.dtype) if need_bias else empty,
+        grad_weight.to(weight.dtype) if need_weight else weight.new_empty(0),
+        grad_bias.to(bias.dtype) if need_bias else weight.new_empty(0),
     )
 
 
@@ -187,11 +186,10 @@ def _(
     need_hidden: bool,
     need_weight: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    empty = weight.new_empty(0)
     return (
         torch.empty_like(hidden) if need_hidden else hidden.new_empty(0),
-        torch.empty_like(weight) if need_weight else empty,
-        torch.empty_like(bias) if bias is not None else empty,
+        torch.empty_like(weight) if need_weight else weight.new_empty(0),
+        torch.empty_like(bias) if bias is not None else weight.new_empty(0),
     )
 
 
