@@ -11,11 +11,11 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from sgpo.generation import format_prompt, generate_responses, row_seed  # noqa: E402
-from sgpo.models import SMOLLM2, build_tiny_model, load_model, load_tokenizer, resolve_model  # noqa: E402
+from sgpo.models import SMOLLM2, TINY, build_tiny_model, load_model, load_tokenizer, resolve_model  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir: Path):
+def tiny(tiny_model_dir: Path, single_thread: None):
     return load_model(tiny_model_dir), load_tokenizer(tiny_model_dir)
 
 
@@ -49,6 +49,17 @@ def test_resolve_model_errors_and_pass_through(tmp_path: Path, tiny_model_dir: P
         resolve_model(tmp_path / "empty")
     with pytest.raises(ValueError, match="dtype"):
         load_model(tiny_model_dir, dtype="float33")
+
+
+def test_tiny_name_builds_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny) -> None:
+    monkeypatch.setenv("SGPO_CACHE", str(tmp_path))
+    path = Path(resolve_model(TINY))
+    assert path == tmp_path / TINY and [p.name for p in tmp_path.iterdir()] == [TINY]
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert resolve_model(TINY) == str(path) and (path / "model.safetensors").stat().st_mtime_ns == stamp
+    model, _ = tiny
+    for p, q in zip(model.state_dict().values(), load_model(TINY).state_dict().values(), strict=True):
+        assert torch.equal(p, q)
 
 
 def test_samples_do_not_depend_on_batching(tiny) -> None:

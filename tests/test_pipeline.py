@@ -106,6 +106,10 @@ def test_self_annotation_is_the_implicit_reward_of_pi_t_against_sft(ssapo_run: P
         ]
         assert r[0] >= r[1]
         assert pair["margin"] == pytest.approx(r[0] - r[1], abs=1e-4)
+        # pi_t is the leader's reference too: its log-probs are kept with the pair and reused
+        assert pair["ref_chosen_logps"] == pytest.approx(
+            response_logps(policy, tokenizer, pair["prompt"], pair["chosen"]), abs=1e-4
+        )
     assert any(p["margin"] > 1e-6 for p in pairs)
 
 

@@ -1,4 +1,4 @@
-"""The resumable training pipeline: ``sgpo run CONFIG [key=value ...]`` (see :mod:`sgpo.pipeline.run`)."""
+"""The resumable training pipeline: ``sgpo run CONFIG [key=value ...]`` (see :mod:`sgpo.pipeline.runner`)."""
 
 from sgpo.pipeline.config import RunConfig, bundled_configs, config_from_dict, load_config
 
@@ -7,6 +7,6 @@ __all__ = ["RunConfig", "bundled_configs", "config_from_dict", "load_config", "r
 
 def run(cfg: RunConfig) -> dict:
     """Run or continue every round of ``cfg`` (imports transformers/accelerate on first use)."""
-    from sgpo.pipeline.run import run as _run
+    from sgpo.pipeline.runner import run as _run
 
     return _run(cfg)

@@ -36,6 +36,8 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    # adapters on the last N decoder layers only (null = all): the backward pass then stops at the lowest adapted layer
+    lora_layers: int | None = None
     gradient_checkpointing: bool = False
     system_prompt: str | None = None
 
@@ -52,8 +54,9 @@ class DataConfig:
     # with prompts: null, this fraction of seed_pairs is the gold seed, the rest is used prompt-only (paper: 2K of 60K)
     seed_fraction: float | None = None
     max_seed_pairs: int | None = None
-    # new prompts per round t = 1..rounds (paper: 8K/20K/30K); one number = the same each round; null = the prompts'
-    # round_column when the table has it, else the pool split evenly
+    # new prompts per round t = 1..rounds (paper: 8K/20K/30K); one number = the same each round. A prompt table with a
+    # round_column gives round t its rows labelled t (the first prompts_per_round of them); else the shuffled pool is
+    # cut in order (null = split evenly)
     prompts_per_round: list[int] | int | None = None
     round_column: str = "round"
     max_prompt_length: int = 256
@@ -150,6 +153,8 @@ class RunConfig:
     rounds: int = 3
     seed: int = 42
     output_dir: str = "runs/sgpo"
+    # torch intra-op threads per process (null = torch's default, one per core); on shared CPUs fewer is faster
+    threads: int | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
@@ -168,6 +173,8 @@ class RunConfig:
         """Raise ``ValueError`` naming the key for any value the run cannot use; returns ``self``."""
         _choice("method", self.method, METHODS)
         _check("rounds", self.rounds, self.rounds >= 0, "an integer >= 0")
+        if self.threads is not None:
+            _check("threads", self.threads, self.threads >= 1, "an integer >= 1 or null")
         if self.method == "dpo" and self.rounds:
             raise ValueError(
                 f"rounds: method 'dpo' trains offline on labelled pairs only; expected 0, got {self.rounds}"
@@ -176,6 +183,8 @@ class RunConfig:
             raise ValueError(f"data.seed_pairs: method {self.method!r} needs labelled pairs, got null")
         if self.method != "dpo" and self.rounds > 0 and self.data.prompts is None and self.data.seed_fraction is None:
             raise ValueError("data.prompts: rounds need prompts; give data.prompts or data.seed_fraction")
+        if self.model.lora_layers is not None:
+            _check("model.lora_layers", self.model.lora_layers, self.model.lora_layers >= 1, "an integer >= 1 or null")
         d = self.data
         if d.seed_fraction is not None:
             _check("data.seed_fraction", d.seed_fraction, 0 < d.seed_fraction < 1, "a number in (0, 1)")

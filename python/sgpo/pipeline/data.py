@@ -28,12 +28,16 @@ def bundled_data(name: str) -> Path:
 
 
 def load_table(source: str, *, split: str = "train", kind: str = "prompts") -> Any:
-    """A ``datasets.Dataset`` from a file, a directory saved with ``save_to_disk``, ``default`` or a hub name."""
+    """A ``datasets.Dataset`` from a file, a directory saved with ``save_to_disk``, ``default``, the name of a file
+    bundled in ``sgpo/data`` (``prompts_test.jsonl``) or a hub name."""
     import datasets
 
     if source == "default":
         source = str(bundled_data(f"default_{'seed_pairs' if kind == 'seed_pairs' else 'prompts'}.jsonl"))
     path = Path(source).expanduser()
+    if not path.exists() and "/" not in source and Path(str(resources.files("sgpo") / "data" / source)).is_file():
+        # a bare file name that is not in the working directory: one of the files bundled in sgpo/data
+        path = bundled_data(source)
     if path.is_file():
         builder = _FILE_BUILDERS.get(path.suffix)
         if builder is None:
@@ -135,9 +139,13 @@ def prepare_data(cfg: DataConfig, *, rounds: int, needs_pairs: bool, seed: int) 
     if cfg.prompts is not None and rounds > 0:
         table = load_table(cfg.prompts, split=cfg.split)
         pool = prompts_from_table(table, cfg, cfg.prompts)
-        if cfg.prompts_per_round is None and cfg.round_column in table.column_names:
+        if cfg.round_column in table.column_names:
             labels = table[cfg.round_column]
             round_prompts = [[p for p, r in zip(pool, labels, strict=True) if r == t] for t in range(1, rounds + 1)]
+            per_round = cfg.prompts_per_round
+            if per_round is not None:
+                counts = per_round if isinstance(per_round, list) else [per_round] * rounds
+                round_prompts = [prompts[:count] for prompts, count in zip(round_prompts, counts, strict=True)]
             empty = [t for t, prompts in enumerate(round_prompts, 1) if not prompts]
             if empty:
                 raise ValueError(

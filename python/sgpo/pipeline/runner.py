@@ -41,6 +41,8 @@ class Run:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        if cfg.threads is not None:
+            torch.set_num_threads(cfg.threads)
         mixed = cfg.train.mixed_precision
         if mixed == "auto":
             mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
@@ -126,6 +128,7 @@ class Run:
                     lora_alpha=cfg.lora_alpha,
                     lora_dropout=cfg.lora_dropout,
                     target_modules=list(cfg.lora_target_modules),
+                    layers_to_transform=self.lora_layers(model),
                     task_type="CAUSAL_LM",
                 )
                 model = get_peft_model(model, lora)
@@ -134,6 +137,16 @@ class Run:
             if cfg.lora:
                 model.enable_input_require_grads()
         return model.to(self.accelerator.device)
+
+    def lora_layers(self, model: Any) -> list[int] | None:
+        """The decoder layers that get adapters: the last ``model.lora_layers`` ones (None: all)."""
+        count = self.cfg.model.lora_layers
+        if count is None:
+            return None
+        total = model.config.num_hidden_layers
+        if count > total:
+            raise ValueError(f"model.lora_layers: the model has {total} decoder layers, got {count}")
+        return list(range(total - count, total))
 
     def save_checkpoint(self, model: Any, t: int) -> None:
         if self.main:
@@ -300,8 +313,17 @@ class Run:
         path = self.round_dir(t) / "annotations.jsonl"
         if self.done(path):
             return files.read_jsonl(path)
+        # log pi_t of every response the judge scores, kept with the pairs: pi_t is also the leader's reference, so
+        # update reuses them instead of a second forward pass
+        seen: dict[tuple[str, str], float] = {}
+
+        def policy_logps(p: Any, r: Any) -> np.ndarray:
+            values = self.logps(model, list(p), list(r))
+            seen.update(((json.dumps(x), y), float(v)) for x, y, v in zip(p, r, values, strict=True))
+            return values
+
         context = JudgeContext(
-            policy_logps=lambda p, r: self.logps(model, list(p), list(r)),
+            policy_logps=policy_logps,
             sft_logps=lambda p, r: self.logps(model, list(p), list(r), sft=True),
             beta=self.cfg.train.beta,
         )
@@ -324,6 +346,9 @@ class Run:
                     record["win_probs"] = [float(x) for x in judge.win_probabilities(prompts[i], responses[i])]
                 else:
                     record["scores"] = [float(x) for x in scores[offset : offset + k]]
+                keys = [(json.dumps(prompts[i]), r) for r in responses[i]]
+                if all(key in seen for key in keys):
+                    record["policy_logps"] = [seen[key] for key in keys]
                 offset += k
                 out.append(record)
             return out
@@ -339,6 +364,9 @@ class Run:
                 identical += 1
                 continue
             pair = {"prompt": prompt, "chosen": samples[w], "rejected": samples[lo_], **record}
+            if "policy_logps" in record:
+                pair["ref_chosen_logps"] = record["policy_logps"][w]
+                pair["ref_rejected_logps"] = record["policy_logps"][lo_]
             pair["margin"] = float(values[w] - values[lo_])
             if sppo:
                 pair["chosen_win_prob"], pair["rejected_win_prob"] = float(values[w]), float(values[lo_])
@@ -427,7 +455,10 @@ class Run:
         ref_path = round_dir / "reference_logps.safetensors"
         if not self.done(ref_path):
             # reference log-probs once per round, from the policy before its first step (precompute_ref_log_probs)
-            ref = self.sharded_logps(model, chosen + rejected).reshape(2, len(pairs))
+            if all("ref_chosen_logps" in p for p in pairs):
+                ref = np.array([[p["ref_chosen_logps"] for p in pairs], [p["ref_rejected_logps"] for p in pairs]])
+            else:
+                ref = self.sharded_logps(model, chosen + rejected).reshape(2, len(pairs))
             if self.main:
                 with files.atomic_path(ref_path) as tmp:
                     save_file({"ref_logps": ref}, str(tmp))
@@ -602,17 +633,26 @@ class Run:
         started = time.perf_counter()
         model = self.load_policy(self.checkpoint(t))
         metrics: dict[str, Any] = {"round": t}
+        # seconds per stage in this call (a stage finished by an earlier call counts ~0)
+        timings: dict[str, float] = {}
+        metrics["timings"] = timings
         if t == 0:
             pairs = self.data.seed_pairs
             self.say(f"round 0: {self.cfg.round0.loss_type} on {len(pairs)} seed pairs")
+            clock = time.perf_counter()
             metrics["train"] = self.update(0, model, pairs, {})
+            timings["update"] = time.perf_counter() - clock
         else:
             prompts, counts = self.round_prompts(t)
             self.say(
                 f"round {t}: {len(prompts)} prompts ({counts['truncated']} truncated, {counts['skipped']} skipped)"
             )
+            clock = time.perf_counter()
             responses = self.generate(t, model, prompts)
+            timings["generate"] = time.perf_counter() - clock
+            clock = time.perf_counter()
             pairs = self.annotate(t, model, prompts, responses)
+            timings["annotate"] = time.perf_counter() - clock
             annotation = files.read_json(round_dir / "annotation_counts.json")
             metrics["data"] = {**counts, **annotation, "mean_margin": float(np.mean([p["margin"] for p in pairs]))}
             extra: dict[str, Any] = {}
@@ -629,7 +669,9 @@ class Run:
             else:
                 extra["chosen_win_prob"] = np.asarray([p["chosen_win_prob"] for p in pairs])
                 extra["rejected_win_prob"] = np.asarray([p["rejected_win_prob"] for p in pairs])
+            clock = time.perf_counter()
             metrics["train"] = self.update(t, model, pairs, extra)
+            timings["update"] = time.perf_counter() - clock
         if self.cfg.evaluate.prompts is not None:
             # the trained policy as saved, whether this call trained it or an earlier one did
             del model
