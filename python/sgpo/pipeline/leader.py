@@ -76,10 +76,8 @@ class SequenceScorer(nn.Module):
         start = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
         hidden, labels = hidden[:, start:], labels[:, start:]
         fused = getattr(sgpo.ops, "fused_linear_sequence_logps", None)
-        # ZeRO-3 gathers the head's weight only inside the head's own forward, so it must be called as a module there;
-        # the fused op's backward rejects a frozen head (LoRA) without a bias, so that case projects the window too
-        frozen_head = torch.is_grad_enabled() and not head.weight.requires_grad and head.bias is None
-        if fused is not None and not hasattr(head.weight, "ds_id") and not frozen_head:
+        # ZeRO-3 gathers the head's weight only inside the head's own forward, so there it must be called as a module
+        if fused is not None and not hasattr(head.weight, "ds_id"):
             return fused(hidden, head.weight, labels, bias=head.bias, ignore_index=IGNORE_INDEX)
         return sgpo.ops.sequence_logps(head(hidden), labels, ignore_index=IGNORE_INDEX)
 

@@ -637,8 +637,18 @@ class Run:
         timings: dict[str, float] = {}
         metrics["timings"] = timings
         if t == 0:
-            pairs = self.data.seed_pairs
-            self.say(f"round 0: {self.cfg.round0.loss_type} on {len(pairs)} seed pairs")
+            seed = self.data.seed_pairs
+            prompts, kept, counts = fit_prompts(
+                self.tokenizer, [p["prompt"] for p in seed], self.cfg.data, self.cfg.model.system_prompt
+            )
+            if not prompts:
+                raise ValueError("data.max_prompt_length: every seed pair's prompt is too long and was skipped")
+            pairs = [{**seed[i], "prompt": prompt} for i, prompt in zip(kept, prompts, strict=True)]
+            metrics["data"] = counts
+            self.say(
+                f"round 0: {self.cfg.round0.loss_type} on {len(pairs)} seed pairs "
+                f"({counts['truncated']} prompts truncated, {counts['skipped']} skipped)"
+            )
             clock = time.perf_counter()
             metrics["train"] = self.update(0, model, pairs, {})
             timings["update"] = time.perf_counter() - clock
