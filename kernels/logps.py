@@ -11,10 +11,6 @@ import torch
 import triton
 import triton.language as tl
 
-# Masked lanes and the running maximum start here rather than at -inf so a block whose logits are all -inf (a banned
-# token range) gives exp(-inf - m) = 0 instead of exp(-inf + inf) = NaN.
-_NEG_BIG = -1e30
-
 
 @triton.jit
 def _token_logps_fwd_kernel(
@@ -35,11 +31,13 @@ def _token_logps_fwd_kernel(
     # An ignored row reads nothing: its loop runs zero times.
     n_active = tl.where(valid, n_cols, 0)
     base = logits_ptr + (row // seq_len) * stride_b + (row % seq_len) * stride_t
-    running_max = _NEG_BIG
+    # Masked lanes and the running maximum start at -1e30 rather than -inf so a block whose logits are all -inf (a
+    # banned token range) gives exp(-inf + 1e30) = 0 instead of exp(-inf + inf) = NaN.
+    running_max = -1e30
     running_sum = 0.0
     for start in range(0, n_active, BLOCK_V):
         offs = start + tl.arange(0, BLOCK_V)
-        x = tl.load(base + offs, mask=offs < n_cols, other=_NEG_BIG).to(tl.float32)
+        x = tl.load(base + offs, mask=offs < n_cols, other=-1e30).to(tl.float32)
         new_max = tl.maximum(running_max, tl.max(x, axis=0))
         running_sum = running_sum * tl.exp(running_max - new_max) + tl.sum(tl.exp(x - new_max), axis=0)
         running_max = new_max

@@ -30,7 +30,7 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         average_log_prob: per-sequence mean of token log-probs instead of the sum.
         compute_nll_loss, alpha: add ``alpha`` times the chosen responses' token-mean NLL (RPO), as Liger does.
         use_ref_model: without reference log-probs or ``ref_input``, ``False`` takes them as 0 (reference-free).
-        chunk_tokens: tokens projected at a time (default :data:`sgpo.ops.logps.FUSED_CHUNK_TOKENS`).
+        chunk_tokens: tokens projected at a time (default :data:`sgpo.ops.fused_linear.CHUNK_TOKENS`).
         compiled, chunk_size: accepted so ``LigerFusedLinearDPOLoss`` keyword arguments carry over; sgpo needs no
             ``torch.compile`` and chunks over tokens, so they change nothing.
 

@@ -40,6 +40,17 @@ def _triton_logps():
 # From logits
 
 
+def _spans(labels: torch.Tensor, ignore_index: int, step: int) -> list[tuple[int, int, int]]:
+    """(b, start, stop): runs of at most ``step`` positions of sequence b, from its first to its last counted label."""
+    spans = []
+    for b, row in enumerate(labels != ignore_index):
+        counted = row.nonzero()
+        if counted.numel():
+            first, last = int(counted[0]), int(counted[-1]) + 1
+            spans.extend((b, start, min(start + step, last)) for start in range(first, last, step))
+    return spans
+
+
 @torch.library.custom_op("sgpo::token_logps", mutates_args=())
 def _token_logps(
     logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, backend: str
@@ -47,20 +58,24 @@ def _token_logps(
     check_labels(labels, logits.shape[-1], ignore_index)
     if backend == "triton":
         return _triton_logps().token_logps_forward(logits, labels, ignore_index)
-    dtype = compute_dtype(logits)
+    dtype, vocab = compute_dtype(logits), logits.shape[-1]
     token = torch.zeros(labels.shape, dtype=dtype, device=logits.device)
     lse = torch.zeros(labels.shape, dtype=dtype, device=logits.device)
-    flat_token, flat_lse = token.view(-1), lse.view(-1)
-    rows = valid_rows(labels, ignore_index)
-    seq_len, step = labels.shape[1], _rows_per_chunk(logits.shape[-1])
-    for start in range(0, rows.numel(), step):
-        chunk = rows[start : start + step]
-        b, t = chunk // seq_len, chunk % seq_len
-        x = logits[b, t].to(dtype)
-        index = labels[b, t].long().unsqueeze(1)
-        label_logit = x.gather(1, index).squeeze(1)
-        chunk_token = torch.ops.aten._log_softmax.out(x, 1, False, out=x).gather(1, index).squeeze(1)
-        flat_token[chunk], flat_lse[chunk] = chunk_token, label_logit - chunk_token
+    step = _rows_per_chunk(vocab)
+    # One reused buffer: a fresh large allocation per chunk would page-fault on every chunk.
+    buffer = torch.empty(step * vocab, dtype=dtype, device=logits.device)
+    for b, start, stop in _spans(labels, ignore_index, step):
+        x, chunk_labels = logits[b, start:stop], labels[b, start:stop]
+        counted = chunk_labels != ignore_index
+        index = torch.where(counted, chunk_labels, 0).long().unsqueeze(1)
+        label_logit = x.gather(1, index).squeeze(1).to(dtype)
+        work = buffer[: x.numel()].view(x.shape)
+        if x.dtype != dtype:
+            x = work.copy_(x)
+        # The fused log_softmax kernel runs each row from cache, several times faster than elementwise passes.
+        chunk_token = torch.ops.aten._log_softmax.out(x, 1, False, out=work).gather(1, index).squeeze(1)
+        token[b, start:stop] = torch.where(counted, chunk_token, 0)
+        lse[b, start:stop] = torch.where(counted, label_logit - chunk_token, 0)
     return token, lse
 
 
@@ -79,22 +94,31 @@ def _token_logps_grad_into(
     ignore_index: int,
     backend: str,
 ) -> None:
-    if backend == "triton" and out.stride(-1) == 1:
+    """Write the gradient into every row of ``out`` (zeros where the label is ignored); ``out`` may be ``logits``."""
+    if backend == "triton" and out.stride(-1) == 1 and logits.stride(-1) == 1:
         _triton_logps().token_logps_backward(grad_token, logits, labels, lse, ignore_index, out)
         return
-    dtype = lse.dtype
-    rows = valid_rows(labels, ignore_index)
-    seq_len, step = labels.shape[1], _rows_per_chunk(logits.shape[-1])
-    flat_grad = grad_token.reshape(-1).to(dtype)
-    for start in range(0, rows.numel(), step):
-        chunk = rows[start : start + step]
-        b, t = chunk // seq_len, chunk % seq_len
-        x = logits[b, t].to(dtype)
-        # softmax(x) = exp(x - logsumexp); the fused kernel works row by row from cache, several times faster
-        # than three elementwise passes over the chunk.
-        grad = torch.ops.aten._softmax.out(x, 1, False, out=x).mul_(-flat_grad[chunk].unsqueeze(1))
-        grad.scatter_add_(1, labels[b, t].long().unsqueeze(1), flat_grad[chunk].unsqueeze(1))
-        out[b, t] = grad.to(out.dtype)
+    dtype, vocab = lse.dtype, logits.shape[-1]
+    step = _rows_per_chunk(vocab)
+    buffer = torch.empty(step * vocab, dtype=dtype, device=logits.device)
+    spans = _spans(labels, ignore_index, step)
+    covered = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
+    for b, start, stop in spans:
+        covered[b, start:stop] = True
+        x, chunk_labels = logits[b, start:stop], labels[b, start:stop]
+        counted = chunk_labels != ignore_index
+        grad = torch.where(counted, grad_token[b, start:stop].to(dtype), 0).unsqueeze(1)
+        target = out[b, start:stop]
+        direct = target.dtype == dtype and target.is_contiguous() and x.dtype == dtype
+        work = target if direct else buffer[: x.numel()].view(x.shape)
+        if x.dtype != dtype:
+            x = work.copy_(x)
+        # softmax(x) = exp(x - logsumexp), from the fused kernel as in the forward; written straight into the output.
+        torch.ops.aten._softmax.out(x, 1, False, out=work).mul_(-grad)
+        work.scatter_add_(1, torch.where(counted, chunk_labels, 0).long().unsqueeze(1), grad)
+        if not direct:
+            target.copy_(work)
+    out[(~covered).nonzero(as_tuple=True)] = 0
 
 
 @torch.library.custom_op("sgpo::token_logps_backward", mutates_args=())
@@ -106,7 +130,7 @@ def _token_logps_backward(
     ignore_index: int,
     backend: str,
 ) -> torch.Tensor:
-    out = torch.zeros_like(logits, memory_format=torch.contiguous_format)
+    out = torch.empty_like(logits, memory_format=torch.contiguous_format)
     _token_logps_grad_into(out, grad_token, logits, labels, lse, ignore_index, backend)
     return out
 
@@ -133,7 +157,6 @@ def _token_logps_backward_inplace(
     backend: str,
 ) -> None:
     _token_logps_grad_into(logits, grad_token, logits, labels, lse, ignore_index, backend)
-    logits[(labels == ignore_index).nonzero(as_tuple=True)] = 0
 
 
 class TokenLogps(torch.autograd.Function):
