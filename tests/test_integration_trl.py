@@ -130,17 +130,9 @@ def test_reproduces_trl_losses_and_parameters(
         assert_same_training(ours, theirs, tolerance=1e-5, param_tolerance=1e-4)
 
 
-FROZEN_HEAD_BUG = pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=True,
-    reason="sgpo.ops.fused_linear_sequence_logps cannot backpropagate with a frozen lm_head (LoRA): "
-    "linear_token_logps_backward returns one empty tensor for both unused gradients, which torch.library rejects",
-)
-
-
 @pytest.mark.parametrize(
     ("reference", "logps_backend"),
-    [("peft", "trl"), ("precomputed", "trl"), pytest.param("peft", "sgpo", marks=FROZEN_HEAD_BUG)],
+    [("peft", "trl"), ("precomputed", "trl"), ("peft", "sgpo")],
 )
 def test_reproduces_trl_with_its_reference_setups(
     tiny_model_dir: Path, tmp_path: Path, reference: str, logps_backend: str
