@@ -70,6 +70,18 @@ def test_row_kernels_against_log_softmax(dtype: torch.dtype, block_v: int | None
     torch.testing.assert_close(out.double(), expected_grad, rtol=tolerance, atol=tolerance)
 
 
+def test_a_block_of_banned_tokens_stays_finite() -> None:
+    logits = torch.randn(2, 3, 100)
+    logits[..., :32] = -torch.inf  # the whole first block of 32
+    labels = torch.tensor([[40, 99, -100], [50, 60, 70]])
+    token, lse = logps_kernels.token_logps_forward(logits, labels, -100, block_v=32)
+    expected = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(token, torch.where(labels != -100, expected, 0.0))
+    out = torch.empty_like(logits)
+    logps_kernels.token_logps_backward(torch.ones(2, 3), logits, labels, lse, -100, out, block_v=32)
+    assert bool(torch.isfinite(out).all()) and bool((out[..., :32] == 0).all())
+
+
 def test_vocabulary_larger_than_one_default_block(launches: dict[str, int]) -> None:
     shape = (2, 5, 5000)  # the default block is 4096 wide
     logits = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * 3
