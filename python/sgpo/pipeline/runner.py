@@ -54,9 +54,7 @@ class Run:
             log_with=cfg.logging.report_to or None,
             project_dir=str(self.out),
         )
-        self.log_lines: list[str] = []
 
-    # ---------------------------------------------------------------- helpers
     @property
     def main(self) -> bool:
         return self.accelerator.is_main_process
@@ -94,9 +92,11 @@ class Run:
         current = self.cfg.to_dict()
         if path.is_file():
             saved = yaml.safe_load(path.read_text())
-            for section in ("logging", "output_dir"):
+            # where results go, how they are shown and how many threads compute them may change between calls
+            free = ("logging", "output_dir", "threads")
+            for section in free:
                 saved.pop(section, None)
-            mine = {k: v for k, v in current.items() if k not in ("logging", "output_dir")}
+            mine = {k: v for k, v in current.items() if k not in free}
             if saved != mine:
                 key = _first_difference(saved, mine)
                 raise ValueError(
@@ -104,7 +104,6 @@ class Run:
                     "use a new output_dir or the same config"
                 )
 
-    # ---------------------------------------------------------------- models
     def load_policy(self, checkpoint: Path | None) -> Any:
         """The trainable policy from ``checkpoint`` (None: the base model with a freshly initialised adapter)."""
         import torch
@@ -156,7 +155,6 @@ class Run:
                 self.tokenizer.save_pretrained(staging)
         self.barrier()
 
-    # ---------------------------------------------------------------- scoring
     def rows(self, prompts: list[Any], responses: list[str]) -> list[tuple[list[int], list[int]]]:
         from sgpo.pipeline.leader import encode
 
@@ -201,7 +199,6 @@ class Run:
             self._sft = load_model(self.base_path, dtype=self.cfg.model.dtype).to(self.accelerator.device).eval()
         return self._sft
 
-    # ---------------------------------------------------------------- chunked, resumable stages
     def chunked(self, parts: Path, n_chunks: int, compute: Any, desc: str) -> list[Any]:
         """Run ``compute(c)`` for every chunk ``c`` this process owns and has not finished; all parts, in order."""
         from tqdm.auto import tqdm
@@ -216,7 +213,6 @@ class Run:
         self.barrier()
         return [files.read_json(parts / f"part_{c:05d}.json") for c in range(n_chunks)]
 
-    # ---------------------------------------------------------------- stages
     def round_prompts(self, t: int) -> tuple[list[Any], dict[str, int]]:
         path = self.round_dir(t) / "prompts.jsonl"
         if not self.done(path):
@@ -598,7 +594,6 @@ class Run:
         report.update(mean_score=float(np.mean(cand_scores)), baseline_mean_score=float(np.mean(base_scores)))
         return report
 
-    # ---------------------------------------------------------------- the run
     def prepare(self) -> None:
         from sgpo.models import load_tokenizer, resolve_model
 
