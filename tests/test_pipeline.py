@@ -69,6 +69,11 @@ def test_ssapo_run_files_and_report(ssapo_run: Path) -> None:
         metrics = json.loads((d / "metrics.json").read_text())
         assert metrics["train"]["steps"] == math.ceil(metrics["train"]["pairs"] / 4)
         assert all(math.isfinite(s["loss"]) for s in steps if s["round"] == t)
+        follower = json.loads((d / "worst_case.json").read_text())
+        for s in steps:
+            if s["round"] == t:
+                assert s["follower_mass_moved"] == follower["mass_moved"]
+                assert s["follower_value"] == pytest.approx(np.mean(follower["value"]))
 
 
 def test_worst_case_is_the_followers_answer_on_the_annotated_margins(ssapo_run: Path) -> None:
@@ -305,3 +310,21 @@ def test_evaluate_stage_scores_each_round_against_the_starting_model(
         expected, _, _ = judge.compare(prompts, [r["response"] for r in responses], [r["response"] for r in baseline])
         assert metrics["win_rate"] == pytest.approx(expected.win_rate) and row["win_rate"] == metrics["win_rate"]
         assert metrics["mean_score"] == pytest.approx(judge.scores(prompts, [r["response"] for r in responses]).mean())
+
+
+def test_reward_model_judge_scores_with_a_sequence_classifier(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from sgpo.models import load_tokenizer
+    from transformers import AutoConfig, LlamaForSequenceClassification
+
+    config = AutoConfig.from_pretrained(tiny_model_dir, num_labels=1)
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    load_tokenizer(tiny_model_dir).save_pretrained(tmp_path / "rm")
+    judge = build_judge("reward_model", {"model": str(tmp_path / "rm"), "batch_size": 2}, None)
+    responses = ["first answer", "a second, longer answer", "third"]
+    scores = judge.scores(["q?"] * 3, responses)
+    assert scores.shape == (3,) and len(set(scores.tolist())) == 3
+    # batching does not change a score
+    np.testing.assert_allclose(judge.scores(["q?"], responses[1:2]), scores[1:2], atol=1e-5)
+    probs = judge.win_probabilities("q?", responses)
+    assert probs.sum() == pytest.approx(1.5) and int(np.argmax(probs)) == int(np.argmax(scores))

@@ -418,7 +418,14 @@ class Run:
         tensors = load_file(str(path))
         return {**files.read_json(self.round_dir(t) / "worst_case.json"), **tensors}
 
-    def update(self, t: int, model: Any, pairs: list[dict[str, Any]], spec_extra: dict[str, Any]) -> dict[str, Any]:
+    def update(
+        self,
+        t: int,
+        model: Any,
+        pairs: list[dict[str, Any]],
+        spec_extra: dict[str, Any],
+        step_context: dict[str, float] | None = None,
+    ) -> dict[str, Any]:
         """Stage 4: one round of the leader from the reference pi_t (SSAPO Alg. 1 step 4)."""
         from safetensors.numpy import load_file, save_file
 
@@ -467,13 +474,14 @@ class Run:
             space=self.cfg.follower.space,
             **spec_extra,
         )
+        step_context = step_context or {}
         partial = round_dir / ".train_log.partial.jsonl"
         partial.unlink(missing_ok=True)
         steps: list[dict[str, Any]] = []
         offset = self.global_step(t)
 
         def log(metrics: dict[str, Any]) -> None:
-            row = {"round": t, "global_step": offset + metrics["step"], **metrics}
+            row = {"round": t, "global_step": offset + metrics["step"], **metrics, **step_context}
             steps.append(row)
             if self.main:
                 with open(partial, "a", encoding="utf-8") as handle:
@@ -675,7 +683,12 @@ class Run:
                 extra["chosen_win_prob"] = np.asarray([p["chosen_win_prob"] for p in pairs])
                 extra["rejected_win_prob"] = np.asarray([p["rejected_win_prob"] for p in pairs])
             clock = time.perf_counter()
-            metrics["train"] = self.update(t, model, pairs, extra)
+            # the round's follower answer repeated on each step row, so one metrics file tells the whole story
+            follower = metrics.get("follower", {})
+            context = {f"follower_{k}": float(follower[k]) for k in ("mass_moved", "transport") if k in follower}
+            if follower.get("value"):
+                context["follower_value"] = float(np.mean(follower["value"]))
+            metrics["train"] = self.update(t, model, pairs, extra, context)
             timings["update"] = time.perf_counter() - clock
         if self.cfg.evaluate.prompts is not None:
             # the trained policy as saved, whether this call trained it or an earlier one did
