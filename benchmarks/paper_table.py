@@ -73,7 +73,14 @@ def variants() -> list[Variant]:
             6,
             "sppo",
             "SPPO, verifiable judge as preference model (K = 5)",
-            ("method=sppo", "train.loss_type=sppo", "judge.name=verifiable", "generation.num_samples=5"),
+            # SPPO starts from the instruct model itself: no DPO round on the seed
+            (
+                "method=sppo",
+                "train.loss_type=sppo",
+                "judge.name=verifiable",
+                "generation.num_samples=5",
+                "round0.enabled=false",
+            ),
         ),
     ]
     v += [Variant(7, f"eps_{e}", f"SSAPO eps = {e}", tuple(ssapo(e))) for e in (0.0, 0.01, 0.03, 0.05, 0.1)]
@@ -113,7 +120,8 @@ def train(variant: Variant, seed: int, out: Path, base: list[str]) -> tuple[Path
     if variant.name == "ssapo_paper":
         command.append("follower.backend=paper")
     donor = out / "runs" / f"{'flip_dpo' if variant.seed_pairs == 'flipped' else 'dpo_seed'}_s{seed}" / "round_0"
-    if variant.row != 6 and not (run_dir / "round_0").exists() and (donor / "metrics.json").is_file():
+    iterative = "method=ssapo" in variant.overrides
+    if iterative and not (run_dir / "round_0").exists() and (donor / "metrics.json").is_file():
         # round 0 (DPO on the seed) is the same in every run on the same seed pairs: train it once, reuse it
         shutil.copytree(donor, run_dir / "round_0")
     began = time.perf_counter()
