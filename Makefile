@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/sgpo demo
+	$(VENV)/bin/sgpo run default
 
 test: setup
 	$(VENV)/bin/ruff check .
