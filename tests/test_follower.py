@@ -321,7 +321,9 @@ def test_property_margin_space(x, eps, K):
     res = sgpo.worst_case(x, eps, pieces=K, space="margin", backend="torch")
     lo, hi = default_support(x, "margin")
     opt, _ = highs(x, eps, K, "margin", lo, hi)
-    assert res.value[0] == pytest.approx(opt, rel=RTOL, abs=1e-9)
+    # HiGHS stops within its 1e-7 optimality tolerance: at margins near 20 the whole objective is of that size
+    # (x=[16], eps=0.5, K=2: HiGHS 1.53e-7, exact 1.94e-7 by enumeration), so the absolute slack is HiGHS's own
+    assert res.value[0] == pytest.approx(opt, rel=RTOL, abs=1e-7)
     check_solution(x, res, eps, K, "margin", None, None, len(x))
 
 
