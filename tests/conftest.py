@@ -10,6 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
+
+# CI must not meet a new random example on every run: property tests draw the same examples each time
+settings.register_profile("sgpo", derandomize=True, print_blob=True)
+settings.load_profile("sgpo")
 
 TESTS_DIR = Path(__file__).resolve().parent
 
