@@ -232,6 +232,10 @@ class RunConfig:
             _choice("round0.loss_type", r.loss_type, tuple(x for x in LOSS_TYPES if x not in ("sppo", "ssapo")))
             if r.epochs is not None:
                 _check("round0.epochs", r.epochs, r.epochs >= 1, "an integer >= 1")
+            for name in ("beta", "learning_rate"):
+                value = getattr(r, name)
+                if value is not None:
+                    _check(f"round0.{name}", value, value > 0 and math.isfinite(value), "a finite number > 0")
         s = self.refinement
         _check("refinement.alpha", s.alpha, 0 <= s.alpha <= 0.5, "a number in [0, 0.5]")
         _check("refinement.quantile", s.quantile, 0 <= s.quantile <= 1, "a number in [0, 1]")

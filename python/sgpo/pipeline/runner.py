@@ -439,10 +439,16 @@ class Run:
         r0 = self.cfg.round0
         first = t == 0
         loss_type = r0.loss_type if first else train.loss_type
-        beta = (r0.beta if first and r0.beta is not None else None) or train.beta
+
+        def round_value(name: str) -> Any:
+            # round 0's own value where its config sets one, else the rounds' value
+            own = getattr(r0, name) if first else None
+            return own if own is not None else getattr(train, name)
+
+        beta = round_value("beta")
         settings = TrainSettings(
-            learning_rate=(r0.learning_rate if first and r0.learning_rate is not None else None) or train.learning_rate,
-            epochs=(r0.epochs if first and r0.epochs is not None else None) or train.epochs,
+            learning_rate=round_value("learning_rate"),
+            epochs=round_value("epochs"),
             batch_size=train.batch_size,
             per_device_batch_size=train.per_device_batch_size,
             optimizer=train.optimizer,
