@@ -59,6 +59,8 @@ def test_unknown_keys_list_the_valid_ones() -> None:
         ("train.loss_type=sigmoid", r"train.loss_type: method 'ssapo' trains the 'ssapo' loss"),
         ("method=ppo", r"method: unknown value 'ppo'; expected one of ssapo, sppo, dpo"),
         ("follower.space=logit", r"follower.space: unknown value 'logit'"),
+        ("follower.backend=gpu", r"follower.backend: unknown value 'gpu'; expected one of auto, cpu, torch, paper"),
+        ("follower.backend=paper follower.space=margin", r"follower.backend: 'paper' exists only for follower.space"),
         ("generation.num_samples=1", r"generation.num_samples: expected an integer >= 2"),
         ("data.prompts_per_round=[1,2,3]", r"data.prompts_per_round: expected 2 counts"),
         ("data.long_prompts=drop", r"data.long_prompts: unknown value 'drop'"),
@@ -70,7 +72,7 @@ def test_unknown_keys_list_the_valid_ones() -> None:
 )
 def test_bad_values_name_the_key(override: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        load_config("tiny", [override])
+        load_config("tiny", override.split(" "))
 
 
 def test_method_consistency() -> None:

@@ -164,6 +164,52 @@ def test_sppo_run_with_a_pluggable_judge(
         assert s[0] > s[1]
 
 
+def test_sppo_after_a_dpo_round_0_on_the_seed_pairs(
+    tmp_path: Path, tiny_model_dir: Path, preference_files: dict[str, Path], single_thread: None
+) -> None:
+    out = tmp_path / "sppo_r0"
+    overrides = tiny_overrides(
+        tiny_model_dir,
+        preference_files,
+        out,
+        "method=sppo",
+        "rounds=1",
+        "train.loss_type=sppo",
+        "judge.name=test_pipeline:VowelJudge",
+    )
+    report = run(load_config("tiny", overrides))
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    round0 = json.loads((out / "round_0" / "metrics.json").read_text())
+    seed_pairs = read_jsonl(preference_files["pairs"])
+    assert round0["train"]["pairs"] == len(seed_pairs)
+    assert (out / "round_0" / "checkpoint" / "adapter_model.safetensors").is_file()
+    # round 1 samples from round 0's policy: its margins are measured against the starting model, so they are not 0
+    margins = [p["margin"] for p in read_jsonl(out / "round_1" / "annotations.jsonl")]
+    assert any(abs(m) > 1e-6 for m in margins)
+
+
+def test_paper_follower_backend_in_a_run(
+    tmp_path: Path, tiny_model_dir: Path, preference_files: dict[str, Path], single_thread: None
+) -> None:
+    out = tmp_path / "paper"
+    overrides = tiny_overrides(
+        tiny_model_dir, preference_files, out, "rounds=1", "follower.backend=paper", "follower.max_shift=0.01"
+    )
+    run(load_config("tiny", overrides))
+    summary = json.loads((out / "round_1" / "worst_case.json").read_text())
+    assert summary["backend"] == "paper"
+    saved = load_file(str(out / "round_1" / "worst_case.safetensors"))
+    f = load_config("tiny").follower
+    paper = sgpo.worst_case(saved["xi"], f.epsilon, pieces=f.pieces, max_shift=0.01, backend="paper")
+    exact = sgpo.worst_case(saved["xi"], f.epsilon, pieces=f.pieces, max_shift=0.01)
+    # SLSQP's iterates are reproducible to its own tolerance, not bit for bit
+    np.testing.assert_allclose(saved["weights"], paper.weights, atol=1e-6)
+    np.testing.assert_allclose(saved["shifts"], paper.shifts, atol=1e-6)
+    assert np.abs(saved["shifts"] - exact.shifts).max() > 1e-4
+    # the exact follower's worst case is at least as bad for the leader as the paper's
+    assert float(np.sum(exact.value)) >= float(np.sum(paper.value)) - 1e-9
+
+
 def test_offline_dpo_with_ipo(
     tmp_path: Path, tiny_model_dir: Path, preference_files: dict[str, Path], single_thread: None
 ) -> None:

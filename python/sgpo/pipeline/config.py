@@ -24,6 +24,8 @@ METHODS = ("ssapo", "sppo", "dpo")
 OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
+# the pipeline solves on a host array of margins: "auto" is the exact C++ solver there ("cuda" needs device input)
+FOLLOWER_BACKENDS = ("auto", "cpu", "torch", "paper")
 
 
 @dataclass
@@ -92,6 +94,9 @@ class FollowerConfig:
     gamma: float = 0.1
     group_size: int | None = None
     max_shift: float | None = None
+    # sgpo.worst_case's backend: "auto"/"cpu" (the exact C++ solver), "torch" (its pure-PyTorch reference), or
+    # "paper" (the SSAPO paper's inexact SLSQP follower, probability space only; for comparison)
+    backend: str = "auto"
 
 
 @dataclass
@@ -209,6 +214,9 @@ class RunConfig:
         _check("follower.pieces", f.pieces, f.pieces >= 1, "an integer >= 1")
         _choice("follower.space", f.space, SPACES)
         _check("follower.gamma", f.gamma, f.gamma > 0, "a number > 0")
+        _choice("follower.backend", f.backend, FOLLOWER_BACKENDS)
+        if f.backend == "paper" and f.space != "probability":
+            raise ValueError("follower.backend: 'paper' exists only for follower.space=probability")
         t = self.train
         _choice("train.loss_type", t.loss_type, LOSS_TYPES)
         if self.method == "ssapo" and t.loss_type != "ssapo":

@@ -397,13 +397,20 @@ class Run:
             if self.main:
                 start = time.perf_counter()
                 result = sgpo.worst_case(
-                    xi, f.epsilon, pieces=f.pieces, space=f.space, group_size=f.group_size, max_shift=f.max_shift
+                    xi,
+                    f.epsilon,
+                    pieces=f.pieces,
+                    space=f.space,
+                    group_size=f.group_size,
+                    max_shift=f.max_shift,
+                    backend=f.backend,
                 )
                 seconds = time.perf_counter() - start
                 weights, shifts = np.asarray(result.weights), np.asarray(result.shifts)
                 moved = weights * (np.abs(shifts) > 1e-12)
                 summary = {
                     "epsilon": f.epsilon,
+                    "backend": f.backend,
                     "pairs": len(xi),
                     "value": np.atleast_1d(np.asarray(result.value, dtype=np.float64)).tolist(),
                     "dual": np.atleast_1d(np.asarray(result.dual, dtype=np.float64)).tolist(),
@@ -619,9 +626,7 @@ class Run:
                 files.clean_stale(directory)
         self.barrier()
         needs_pairs = cfg.round0.enabled or cfg.method == "dpo"
-        self.data: RunData = prepare_data(
-            cfg.data, rounds=cfg.rounds, needs_pairs=needs_pairs and cfg.method != "sppo", seed=cfg.seed
-        )
+        self.data: RunData = prepare_data(cfg.data, rounds=cfg.rounds, needs_pairs=needs_pairs, seed=cfg.seed)
         with self.accelerator.main_process_first():
             self.base_path = resolve_model(cfg.model.name_or_path)
         self.tokenizer = load_tokenizer(self.base_path)
