@@ -33,6 +33,11 @@ def test_eval_of_a_model_against_itself_ties_everywhere(tiny_model_dir: Path, tm
     mtime = cached[0].stat().st_mtime_ns
     assert main(argv) == 0
     assert cached[0].stat().st_mtime_ns == mtime
+    # another evaluation pointed at the same cache samples nothing and writes its own report
+    other = tmp_path / "other"
+    assert main([*argv[:-2], "--output", str(other), "--cache-dir", str(out / "responses")]) == 0
+    assert cached[0].stat().st_mtime_ns == mtime and not (other / "responses").exists()
+    assert json.loads((other / "eval.json").read_text())["results"][0]["ties"] == 4
 
 
 def test_eval_reports_bad_targets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

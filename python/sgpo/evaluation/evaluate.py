@@ -109,8 +109,12 @@ def sample_model(model: str, prompts: Sequence[str], settings: EvalSettings, cac
         )
     ]
     if cache is not None:
+        from sgpo.pipeline.files import atomic_path
+
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"model": str(model), "responses": responses}, ensure_ascii=False))
+        # atomic: evaluations running side by side may share the cache
+        with atomic_path(cache) as tmp:
+            tmp.write_text(json.dumps({"model": str(model), "responses": responses}, ensure_ascii=False))
     return responses
 
 
@@ -142,8 +146,13 @@ def evaluate_models(
     settings: EvalSettings | None = None,
     rounds: Sequence[RoundArtifacts] = (),
     title: str = "sgpo evaluation",
+    cache_dir: str | Path | None = None,
 ) -> list[ModelResult]:
-    """Judge each ``(label, model)`` against ``baseline``; write ``report.md``, ``eval.json`` and the PNGs."""
+    """Judge each ``(label, model)`` against ``baseline``; write ``report.md``, ``eval.json`` and the PNGs.
+
+    Responses are cached under ``cache_dir`` (default ``output_dir/responses``), keyed by the model's files, the
+    prompts and the settings: evaluations that share a cache sample each model, the baseline included, once.
+    """
     settings = (settings or EvalSettings()).validate()
     output_dir = Path(output_dir)
     prompts = load_eval_prompts(settings.prompts, settings.num_prompts)
@@ -152,7 +161,7 @@ def evaluate_models(
     # fail on a missing candidate before spending minutes sampling the baseline
     for _, model in candidates:
         resolve_model(model)
-    cache_dir = output_dir / "responses"
+    cache_dir = Path(cache_dir) if cache_dir is not None else output_dir / "responses"
     baseline_responses = sample_model(baseline, prompts, settings, cache_dir)
     judge = VerifiableJudge()
     results = [
@@ -195,7 +204,13 @@ def _run(args: argparse.Namespace) -> int:
     baseline = args.baseline or found.initial_model or DEFAULT_BASELINE
     output = Path(args.output) if args.output else found.default_output
     results = evaluate_models(
-        found.candidates, baseline, output, settings=settings, rounds=found.rounds, title=found.title
+        found.candidates,
+        baseline,
+        output,
+        settings=settings,
+        rounds=found.rounds,
+        title=found.title,
+        cache_dir=args.cache_dir,
     )
     for r in results:
         print(f"{r.label}: win rate {100 * r.win.win_rate:.1f}%  LC {100 * r.win.lc_win_rate:.1f}%  (n={r.win.n})")
@@ -218,4 +233,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=EvalSettings.seed)
     parser.add_argument("--batch-size", type=int, default=EvalSettings.batch_size)
     parser.add_argument("--output", default=None, help="default: RUN_DIR/eval, or eval/<model name> for a model")
+    parser.add_argument(
+        "--cache-dir",
+        default=None,
+        help="where sampled responses are kept (default OUTPUT/responses); share it to "
+        "sample the baseline once across evaluations",
+    )
     parser.set_defaults(func=_run)
