@@ -150,7 +150,12 @@ def test_bundled_gold_labels_agree_with_the_judge() -> None:
     judge = VerifiableJudge()
     pool = rows("gold_pool.jsonl")
     seed = rows("default_seed_pairs.jsonl")
-    assert seed and all(pair in pool for pair in seed)
+    # the seed is drawn from the round-0 pool; rounds 1.. label prompts the self-annotating runs see unlabelled
+    assert seed and all(pair in pool and pair["round"] == 0 for pair in seed)
+    round_prompts = rows("default_prompts.jsonl")
+    for pair in pool:
+        if pair["round"] > 0:
+            assert {"round": pair["round"], "prompt": pair["prompt"]} in round_prompts
     for pair in pool:
         assert judge.score(pair["prompt"], pair["chosen"]) == pair["chosen_score"]
         assert judge.score(pair["prompt"], pair["rejected"]) == pair["rejected_score"]
