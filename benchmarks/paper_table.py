@@ -1,30 +1,33 @@
 """The claims of SGPO/SSAPO tested at small scale: SmolLM2-135M-Instruct, the bundled gold data, the verifiable judge.
 
 Each row is one or more ``sgpo run default ...`` calls (the README's default recipe with the overrides listed in
-:data:`ROWS`), then ``sgpo eval``'s judging of the last round's policy against the initial model on the held-out test
-prompts. Prints the markdown table for README "Results" and writes it, with every number, to ``--out``.
+:func:`variants`), then ``sgpo eval`` of the last round's policy against the initial model on the held-out test prompts.
+Prints the markdown table for README "Results" and writes it, with every number, to ``--out``.
 
-    python benchmarks/paper_table.py                      # every row, one seed (about an hour on 2 CPU cores)
+    python benchmarks/paper_table.py                      # every row, seeds 1 and 2, 2 jobs (about an hour, 2 cores)
     python benchmarks/paper_table.py --rows 2 5 8 --seeds 1 2 3
 
-Runs resume: a finished run directory is reused, so an interrupted table continues where it stopped.
+Jobs run side by side as separate processes with one thread each. Runs resume: a finished run directory and its
+evaluation are reused, so an interrupted table continues where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass, fields
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from sgpo.evaluation.evaluate import EvalSettings, evaluate_models
-from sgpo.pipeline.config import FollowerConfig
 
 INITIAL = "SmolLM2-135M-Instruct"
 FLIP_FRACTION = 0.25
@@ -33,9 +36,8 @@ FLIP_FRACTION = 0.25
 SSAPO = ["method=ssapo", "train.loss_type=ssapo", "judge.name=implicit_reward"]
 DPO = ["method=dpo", "rounds=0", "train.loss_type=sigmoid"]
 
-
 # a fixed training budget for every method: the default recipe's LoRA at learning rates that move a 135M model within
-# the few optimizer steps that 16 seed pairs and 16 prompts per round give (batches of 4 pairs)
+# the few optimizer steps that 16 seed pairs and a few dozen prompts per round give (batches of 4 pairs)
 TRAIN_BUDGET = [
     "train.batch_size=4",
     "train.per_device_batch_size=4",
@@ -55,25 +57,41 @@ class Variant:
     name: str
     label: str
     overrides: tuple[str, ...]
+    # "default" (the bundled seed), "flipped" (25% of it swapped) or "gold" (the seed plus the rounds' gold labels)
     seed_pairs: str = "default"
+
+    @property
+    def iterative(self) -> bool:
+        return "method=ssapo" in self.overrides
+
+    @property
+    def donor(self) -> str | None:
+        """The DPO run whose round 0 an iterative run starts from (round 0 is the same for every such run)."""
+        if not self.iterative:
+            return None
+        return "flip_dpo" if self.seed_pairs == "flipped" else "dpo_seed"
 
 
 def variants() -> list[Variant]:
-    gold = str(resources.files("sgpo") / "data" / "gold_pool.jsonl")
     v = [
         Variant(2, "dpo_seed", "DPO, seed only", tuple(DPO)),
-        Variant(3, "dpo_gold", "DPO, 100% gold labels", (*DPO, "round0.epochs=1"), seed_pairs=gold),
+        Variant(3, "dpo_gold", "DPO, 100% gold labels (seed + the rounds' prompts)", tuple(DPO), seed_pairs="gold"),
         Variant(4, "iter_dpo", "iterative self-annotated DPO (eps = 0)", tuple(ssapo(0.0))),
         Variant(5, "ssapo_prob", "SSAPO eps = 0.01, K = 6, probability space", tuple(ssapo(0.01))),
         Variant(
             5, "ssapo_margin", "SSAPO eps = 0.01, K = 6, margin space", tuple(ssapo(0.01, "follower.space=margin"))
         ),
-        Variant(5, "ssapo_paper", "SSAPO eps = 0.01, K = 6, paper's inexact follower", tuple(ssapo(0.01))),
+        Variant(
+            5,
+            "ssapo_paper",
+            "SSAPO eps = 0.01, K = 6, the paper's inexact follower",
+            tuple(ssapo(0.01, "follower.backend=paper")),
+        ),
         Variant(
             6,
             "sppo",
             "SPPO, verifiable judge as preference model (K = 5)",
-            # SPPO starts from the instruct model itself: no DPO round on the seed
+            # SPPO starts from the instruct model itself, as in its paper: no DPO round on the seed
             (
                 "method=sppo",
                 "train.loss_type=sppo",
@@ -95,43 +113,48 @@ def variants() -> list[Variant]:
 SAME_RUN = {"eps_0.0": "iter_dpo", "eps_0.01": "ssapo_prob"}
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    return path
+
+
+def bundled(name: str) -> Path:
+    return Path(str(resources.files("sgpo") / "data" / name))
+
+
 def flipped_seed(out: Path, seed: int) -> Path:
     """The bundled seed pairs with a seeded 25% of their chosen/rejected swapped."""
-    source = Path(str(resources.files("sgpo") / "data" / "default_seed_pairs.jsonl"))
-    rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+    rows = read_jsonl(bundled("default_seed_pairs.jsonl"))
     flip = np.random.default_rng(seed).permutation(len(rows))[: int(round(FLIP_FRACTION * len(rows)))]
     for i in flip:
         r = rows[int(i)]
         r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
         r["chosen_score"], r["rejected_score"] = r.get("rejected_score"), r.get("chosen_score")
-    path = out / f"seed_flipped_{seed}.jsonl"
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return path
+    return write_jsonl(out / f"seed_flipped_{seed}.jsonl", rows)
 
 
-def train(variant: Variant, seed: int, out: Path, base: list[str]) -> tuple[Path, float]:
-    """Run (or resume) one variant; returns the last round's checkpoint and the wall time of this call."""
-    run_dir = out / "runs" / f"{SAME_RUN.get(variant.name, variant.name)}_s{seed}"
-    seed_pairs = {"default": "default", "flipped": str(flipped_seed(out, seed))}.get(
-        variant.seed_pairs, variant.seed_pairs
-    )
-    command = [sys.executable, "-m", "sgpo", "run", "default", *base, *variant.overrides]
-    command += [f"seed={seed}", f"data.seed_pairs={seed_pairs}", f"output_dir={run_dir}", "logging.progress=false"]
-    if variant.name == "ssapo_paper":
-        command.append("follower.backend=paper")
-    donor = out / "runs" / f"{'flip_dpo' if variant.seed_pairs == 'flipped' else 'dpo_seed'}_s{seed}" / "round_0"
-    iterative = "method=ssapo" in variant.overrides
-    if iterative and not (run_dir / "round_0").exists() and (donor / "metrics.json").is_file():
-        # round 0 (DPO on the seed) is the same in every run on the same seed pairs: train it once, reuse it
-        shutil.copytree(donor, run_dir / "round_0")
-    began = time.perf_counter()
-    print("$", " ".join(command[1:]), flush=True)
-    subprocess.run(command, check=True)
-    seconds = time.perf_counter() - began
-    rounds = sorted(run_dir.glob("round_*/checkpoint"), key=lambda p: int(p.parent.name.split("_")[1]))
-    if not rounds:
-        raise FileNotFoundError(f"{run_dir}: the run saved no checkpoint")
-    return rounds[-1], seconds
+def gold_pairs(out: Path, rounds: int, per_round: int) -> Path:
+    """The seed plus the gold label of every prompt the self-annotating runs see in rounds 1..rounds.
+
+    Prompts whose sampled responses all tied under the judge have no gold pair, as in the pool.
+    """
+    counts = json.loads(bundled("manifest.json").read_text())["counts"]
+    labelled_rounds = len(counts["gold_pool_pairs"]) - 1
+    if rounds > labelled_rounds or per_round > counts["gold_round_prompts"]:
+        raise ValueError(
+            f"--rounds {rounds} --prompts-per-round {per_round}: the bundled gold pool labels the first "
+            f"{counts['gold_round_prompts']} prompts of rounds 1..{labelled_rounds} "
+            "(rerun scripts/make_gold_data.py with larger --gold-rounds/--gold-round-prompts)"
+        )
+    prompts = read_jsonl(bundled("default_prompts.jsonl"))
+    seen = {(t, p["prompt"]) for t in range(1, rounds + 1) for p in [q for q in prompts if q["round"] == t][:per_round]}
+    pool = read_jsonl(bundled("gold_pool.jsonl"))
+    rows = read_jsonl(bundled("default_seed_pairs.jsonl")) + [p for p in pool if (p["round"], p["prompt"]) in seen]
+    return write_jsonl(out / f"gold_{rounds}x{per_round}.jsonl", rows)
 
 
 def mean_spread(values: list[float]) -> str:
@@ -142,75 +165,166 @@ def mean_spread(values: list[float]) -> str:
     return f"{np.mean(values):.1f} ± {np.std(values, ddof=1):.1f}"
 
 
+class Table:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.results_path = self.out / "results.json"
+        self.results: dict[str, Any] = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
+        self.lock = threading.Lock()
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.base = [
+            f"rounds={args.rounds}",
+            f"data.prompts_per_round={args.prompts_per_round}",
+            "evaluate.prompts=null",
+            f"generation.max_new_tokens={args.max_new_tokens}",
+            "threads=1",
+            *TRAIN_BUDGET,
+        ]
+
+    def log(self, message: str) -> None:
+        with self.lock:
+            print(message, flush=True)
+
+    def call(self, command: list[str], log: Path) -> float:
+        """Run ``command`` with its output in ``log``; returns its wall time."""
+        self.log("$ " + " ".join(command[1:]))
+        began = time.perf_counter()
+        with log.open("a") as handle:
+            done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=self.env)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(command[1:])} failed ({done.returncode}); see {log}")
+        return time.perf_counter() - began
+
+    def evaluate(self, model: str, name: str) -> dict[str, Any]:
+        a = self.args
+        output = self.out / "eval" / name
+        if not (output / "eval.json").is_file():
+            command = [sys.executable, "-m", "sgpo", "eval", model, "--baseline", INITIAL, "--output", str(output)]
+            command += ["--num-prompts", str(a.num_prompts), "--max-new-tokens", str(a.max_new_tokens)]
+            command += ["--cache-dir", str(self.out / "eval" / "responses")]
+            self.call(command, self.out / "logs" / f"eval_{name}.log")
+        summary = json.loads((output / "eval.json").read_text())
+        return summary["results"][0]
+
+    def seed_pairs(self, variant: Variant, seed: int) -> str:
+        if variant.seed_pairs == "flipped":
+            return str(flipped_seed(self.out, seed))
+        if variant.seed_pairs == "gold":
+            return str(gold_pairs(self.out, self.args.rounds, self.args.prompts_per_round))
+        return variant.seed_pairs
+
+    def job(self, variant: Variant, seed: int, donor: Future | None) -> None:
+        key = f"{variant.name}_s{seed}"
+        run_name = f"{SAME_RUN.get(variant.name, variant.name)}_s{seed}"
+        run_dir = self.out / "runs" / run_name
+        if donor is not None:
+            donor.result()
+            donor_dir = self.out / "runs" / f"{variant.donor}_s{seed}" / "round_0"
+            if not (run_dir / "round_0").exists():
+                # round 0 (DPO on the seed) is the same in every run on the same seed pairs: train it once, reuse it
+                shutil.copytree(donor_dir, run_dir / "round_0")
+        command = [sys.executable, "-m", "sgpo", "run", "default", *self.base, *variant.overrides]
+        command += [f"seed={seed}", f"data.seed_pairs={self.seed_pairs(variant, seed)}", f"output_dir={run_dir}"]
+        command += ["logging.progress=false"]
+        seconds = self.call(command, self.out / "logs" / f"{run_name}.log")
+        rounds = sorted(run_dir.glob("round_*/checkpoint"), key=lambda p: int(p.parent.name.split("_")[1]))
+        if not rounds:
+            raise FileNotFoundError(f"{run_dir}: the run saved no checkpoint")
+        report = json.loads((run_dir / "report.json").read_text())
+        result = self.evaluate(str(rounds[-1]), run_name)
+        entry = {
+            "row": variant.row,
+            "label": variant.label,
+            "seed": seed,
+            "win_rate": 100 * result["win_rate"],
+            "lc_win_rate": 100 * result["lc_win_rate"],
+            "stderr": 100 * result["stderr"],
+            "mean_score": result["mean_score"],
+            # every round, a reused round 0 included (its metrics came with it)
+            "train_seconds": sum(r.get("seconds") or 0.0 for r in report["rounds"]),
+            "call_seconds": seconds,
+            "mass_moved": [r["mass_moved"] for r in report["rounds"] if r.get("mass_moved") is not None],
+            "run_dir": str(run_dir),
+        }
+        with self.lock:
+            self.results[key] = entry
+            self.results_path.write_text(json.dumps(self.results, indent=2) + "\n")
+        self.log(f"{key}: win rate {entry['win_rate']:.1f}%, LC {entry['lc_win_rate']:.1f}%")
+
+    def run(self) -> None:
+        a = self.args
+        (self.out / "logs").mkdir(exist_ok=True)
+        began = time.perf_counter()
+        self.results["initial"] = {"mean_score": self.evaluate(INITIAL, "initial")["mean_score"]}
+        chosen = [v for v in variants() if v.row in a.rows]
+        # donors first, so a run that waits for its round 0 never holds a slot for long
+        needed = {v.donor for v in chosen if v.donor}
+        todo = [v for v in variants() if v.name in needed and v not in chosen] + chosen
+        todo.sort(key=lambda v: (v.iterative, v.row))
+        futures: dict[str, Future] = {}
+        with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+            for seed in a.seeds:
+                for v in todo:
+                    key = f"{v.name}_s{seed}"
+                    if key in futures or f"{SAME_RUN.get(v.name, '')}_s{seed}" in futures:
+                        continue
+                    if key in self.results:
+                        done: Future = Future()
+                        done.set_result(None)
+                        futures[key] = done
+                        continue
+                    futures[key] = pool.submit(self.job, v, seed, futures.get(f"{v.donor}_s{seed}"))
+            for future in futures.values():
+                future.result()
+        for v in chosen:
+            for seed in a.seeds:
+                same = f"{SAME_RUN.get(v.name)}_s{seed}"
+                if same in self.results:
+                    self.results[f"{v.name}_s{seed}"] = {**self.results[same], "row": v.row, "label": v.label}
+        self.results["_wall_seconds"] = self.results.get("_wall_seconds", 0.0) + time.perf_counter() - began
+        self.results_path.write_text(json.dumps(self.results, indent=2) + "\n")
+        self.print_table(chosen)
+
+    def print_table(self, chosen: list[Variant]) -> None:
+        a = self.args
+        lines = [
+            "| row | method | win rate % | LC win rate % | mean judge score | train wall time (s) | seeds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        if 1 in a.rows:
+            score = self.results["initial"]["mean_score"]
+            lines.append(f"| 1 | initial model ({INITIAL}) | 50.0 | 50.0 | {score:.3f} | 0 | - |")
+        for v in chosen:
+            found = [self.results[f"{v.name}_s{s}"] for s in a.seeds if f"{v.name}_s{s}" in self.results]
+            if not found:
+                continue
+            lines.append(
+                f"| {v.row} | {v.label} | {mean_spread([r['win_rate'] for r in found])} | "
+                f"{mean_spread([r['lc_win_rate'] for r in found])} | {np.mean([r['mean_score'] for r in found]):.3f} | "
+                f"{np.mean([r['train_seconds'] for r in found]):.0f} | {len(found)} |"
+            )
+        table = "\n".join(lines)
+        (self.out / "table.md").write_text(table + "\n")
+        print(table)
+        print(f"wall time of the table: {self.results['_wall_seconds'] / 60:.1f} min with {a.jobs} jobs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="*", default=[1, 2, 3, 4, 5, 6, 7, 8])
-    parser.add_argument("--seeds", type=int, nargs="*", default=[42])
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--out", default="bench_results/paper")
-    parser.add_argument("--num-prompts", type=int, default=64)
+    parser.add_argument("--num-prompts", type=int, default=64, help="held-out test prompts judged per model")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--prompts-per-round", type=int, default=24)
-    parser.add_argument("--max-new-tokens", type=int, default=96, help="for the rounds' sampling and the evaluation")
+    parser.add_argument("--prompts-per-round", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=80, help="for the rounds' sampling and the evaluation")
+    parser.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each")
     args = parser.parse_args()
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    base = [f"rounds={args.rounds}", f"data.prompts_per_round={args.prompts_per_round}", "evaluate.prompts=null"]
-    base += [f"generation.max_new_tokens={args.max_new_tokens}", *TRAIN_BUDGET]
-    settings = EvalSettings(num_prompts=args.num_prompts, max_new_tokens=args.max_new_tokens)
-    results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    eval_dir = out / "eval"
-
-    initial = evaluate_models([("initial", INITIAL)], INITIAL, eval_dir / "initial", settings=settings)[0]
-    for variant in [v for row in args.rows for v in variants() if v.row == row]:
-        for seed in args.seeds:
-            key = f"{variant.name}_s{seed}"
-            if key in results:
-                continue
-            same = f"{SAME_RUN.get(variant.name)}_s{seed}"
-            if same in results:
-                results[key] = {**results[same], "row": variant.row, "label": variant.label}
-                continue
-            if variant.name == "ssapo_paper" and "backend" not in {f.name for f in fields(FollowerConfig)}:
-                print("skipping ssapo_paper: the run config has no follower.backend key", flush=True)
-                continue
-            checkpoint, seconds = train(variant, seed, out, base)
-            run_name = checkpoint.parents[1].name
-            (result,) = evaluate_models(
-                [(variant.label, str(checkpoint))], INITIAL, eval_dir / run_name, settings=settings
-            )
-            results[key] = {
-                "row": variant.row,
-                "label": variant.label,
-                "seed": seed,
-                "win_rate": 100 * result.win.win_rate,
-                "lc_win_rate": 100 * result.win.lc_win_rate,
-                "stderr": 100 * result.win.stderr,
-                "mean_score": result.mean_score,
-                "train_seconds": seconds,
-                "run_dir": str(checkpoint.parents[1]),
-            }
-            results_path.write_text(json.dumps(results, indent=2) + "\n")
-
-    lines = [
-        "| row | method | win rate % | LC win rate % | mean judge score | train wall time (s) | seeds |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    if 1 in args.rows:
-        lines.append(f"| 1 | initial model (SmolLM2-135M-Instruct) | 50.0 | 50.0 | {initial.mean_score:.3f} | 0 | - |")
-    for variant in [v for v in variants() if v.row in args.rows]:
-        found = [results[f"{variant.name}_s{s}"] for s in args.seeds if f"{variant.name}_s{s}" in results]
-        if not found:
-            continue
-        lines.append(
-            f"| {variant.row} | {variant.label} | {mean_spread([r['win_rate'] for r in found])} | "
-            f"{mean_spread([r['lc_win_rate'] for r in found])} | {np.mean([r['mean_score'] for r in found]):.3f} | "
-            f"{np.mean([r['train_seconds'] for r in found]):.0f} | {len(found)} |"
-        )
-    table = "\n".join(lines)
-    (out / "table.md").write_text(table + "\n")
-    print(table)
+    if args.jobs < 1:
+        parser.error("--jobs: expected an integer >= 1")
+    Table(args).run()
 
 
 if __name__ == "__main__":
