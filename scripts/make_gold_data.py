@@ -8,8 +8,9 @@ scores them with :class:`sgpo.evaluation.VerifiableJudge`, and writes
   (prompts whose samples all tie give no pair). ``round`` 0 is the labelled pool the seed is drawn from; ``round`` t
   labels the first ``--gold-round-prompts`` prompts of round t, which the self-annotating runs see unlabelled: the
   "100% gold labels" baseline trains on the seed plus these;
-- ``default_seed_pairs.jsonl``: the gold seed (the pipeline's ``data.seed_pairs: default``): 16 pairs drawn from the
-  round-0 pool, 3.6% of the 448 train prompts (pool and rounds), as in the SSAPO paper (2K gold labels of UltraFeedback's 60K prompts, 3.3%);
+- ``default_seed_pairs.jsonl``: the gold seed (the pipeline's ``data.seed_pairs: default``): 16 pairs drawn from
+  the round-0 pool, 3.6% of the 448 train prompts (pool and rounds), as in the SSAPO paper (2K gold labels of
+  UltraFeedback's 60K prompts, 3.3%);
 - ``default_prompts.jsonl``: train prompts without labels for the self-annotation rounds (``round`` = 1, 2, ...; the
   pipeline's default ``data.prompts``);
 - ``manifest.json``: the settings and counts.

@@ -55,6 +55,7 @@ def test_unknown_keys_list_the_valid_ones() -> None:
         ("rounds=two", r"rounds: expected an integer, got 'two'"),
         ("train.beta=0", r"train.beta: expected a finite number > 0, got 0.0"),
         ("round0.beta=0", r"round0.beta: expected a finite number > 0, got 0.0"),
+        ("train.save_steps=0", r"train.save_steps: expected an integer >= 1 or null, got 0"),
         ("round0.learning_rate=-1e-6", r"round0.learning_rate: expected a finite number > 0"),
         ("train.loss_type=sigmoid", r"train.loss_type: method 'ssapo' trains the 'ssapo' loss"),
         ("method=ppo", r"method: unknown value 'ppo'; expected one of ssapo, sppo, dpo"),

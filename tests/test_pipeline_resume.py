@@ -128,3 +128,54 @@ def test_two_processes_match_one_with_the_same_global_batch(
     assert json.loads((out / "report.json").read_text())["processes"] == 2
     # the gradient is all-reduced over 2 processes instead of summed in one: equal up to float rounding
     assert_same_run(ssapo_run, out, atol=1e-5)
+
+
+class Interrupted(Exception):
+    """Stands for a kill right after a training state was saved."""
+
+
+def test_a_round_interrupted_mid_training_resumes_from_its_saved_state(
+    tmp_path: Path,
+    ssapo_run: Path,
+    tiny_model_dir: Path,
+    preference_files: dict[str, Path],
+    single_thread: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sgpo.pipeline import load_config, run
+    from sgpo.pipeline.leader import TrainState
+
+    out = tmp_path / "run"
+    cfg = load_config("tiny", tiny_overrides(tiny_model_dir, preference_files, out, "train.save_steps=1"))
+    save, load = TrainState.save, TrainState.load
+    state_file = out / "round_1" / "train_state.safetensors"
+
+    def save_then_stop(self: TrainState, *args: object, **kwargs: object) -> None:
+        save(self, *args, **kwargs)
+        if self.path == state_file:
+            raise Interrupted
+
+    monkeypatch.setattr(TrainState, "save", save_then_stop)
+    with pytest.raises(Interrupted):
+        run(cfg)
+    assert state_file.is_file() and not (out / "round_1" / "train_summary.json").exists()
+    assert len(read_jsonl(out / "round_1" / "train_log.partial.jsonl")) == 1
+    # round 0 trained in full: its state file is gone once its checkpoint is saved
+    assert not (out / "round_0" / "train_state.safetensors").exists()
+
+    resumed_from: list[object] = []
+
+    def recording_load(self: TrainState, *args: object, **kwargs: object) -> object:
+        result = load(self, *args, **kwargs)
+        resumed_from.append(None if result is None else result[0])
+        return result
+
+    monkeypatch.setattr(TrainState, "save", save)
+    monkeypatch.setattr(TrainState, "load", recording_load)
+    run(load_config("tiny", tiny_overrides(tiny_model_dir, preference_files, out, "train.save_steps=1")))
+    # round 1 went on from step 1; round 2 started fresh
+    assert resumed_from == [1, None]
+    assert not list(out.rglob("train_state.safetensors")) and not list(out.rglob("train_log.partial.jsonl"))
+    assert [r["step"] for r in read_jsonl(out / "round_1" / "train_log.jsonl")] == [1, 2]
+    # the resumed round takes the steps of the uninterrupted run: optimizer moments, schedule and RNG restored
+    assert_same_run(ssapo_run, out, atol=1e-6)

@@ -115,6 +115,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     max_grad_norm: float | None = 1.0
     mixed_precision: str = "auto"
+    # optimizer steps between saved training states: a killed round resumes from the last one (null: never save)
+    save_steps: int | None = 50
 
 
 @dataclass
@@ -229,6 +231,8 @@ class RunConfig:
             value = getattr(t, name)
             _check(f"train.{name}", value, value > 0 and math.isfinite(value), "a finite number > 0")
         _check("train.epochs", t.epochs, t.epochs >= 1, "an integer >= 1")
+        if t.save_steps is not None:
+            _check("train.save_steps", t.save_steps, t.save_steps >= 1, "an integer >= 1 or null")
         _check("train.per_device_batch_size", t.per_device_batch_size, t.per_device_batch_size >= 1, "an integer >= 1")
         _check("train.batch_size", t.batch_size, t.batch_size >= 1, "an integer >= 1")
         _choice("train.optimizer", t.optimizer, OPTIMIZERS)

@@ -10,9 +10,12 @@ processes: a 2-process run takes the same steps as a 1-process run.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -169,6 +172,98 @@ class TrainSettings:
     warmup_ratio: float
     max_grad_norm: float | None
     seed: int
+    # optimizer steps between saved training states (None: never); a killed round resumes from the last one
+    save_steps: int | None = None
+
+
+class TrainState:
+    """A round's training state at an optimizer-step boundary, in one safetensors file (nothing is unpickled).
+
+    It holds the trainable parameters, the optimizer's per-parameter tensors and the torch RNG states; the metadata
+    holds the step, the running metric sums and the shape of the round. The scheduler is not stored: it is a pure
+    function of the step and is stepped forward on resume.
+    """
+
+    def __init__(self, path: str | Path, *, every: int | None, main: bool = True) -> None:
+        self.path = Path(path)
+        self.every = every
+        self.main = main
+
+    def saved_step(self) -> int | None:
+        """The step the saved state was taken after, or None when none is saved."""
+        if not self.path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            return int(json.loads(f.metadata()["sgpo_train_state"])["step"])
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return bool(self.every) and step % self.every == 0 and step < total_steps
+
+    def save(
+        self, model: nn.Module, optimizer: Any, *, step: int, totals: dict[str, float], shape: dict[str, int]
+    ) -> None:
+        if not self.main:
+            return
+        from safetensors.torch import save_file
+
+        from sgpo.pipeline.files import atomic_path
+
+        tensors = {f"param.{name}": p.detach().cpu().contiguous() for name, p in _trainable(model)}
+        extras: dict[str, dict[str, Any]] = {}
+        for index, values in optimizer.state_dict()["state"].items():
+            for key, value in values.items():
+                if isinstance(value, torch.Tensor):
+                    tensors[f"optim.{index}.{key}"] = value.detach().cpu().contiguous()
+                else:
+                    extras.setdefault(str(index), {})[key] = value
+        tensors["rng.cpu"] = torch.get_rng_state()
+        if torch.cuda.is_available():
+            for i, state in enumerate(torch.cuda.get_rng_state_all()):
+                tensors[f"rng.cuda.{i}"] = state
+        meta = {"step": step, "totals": totals, "shape": shape, "optim_extras": extras}
+        with atomic_path(self.path) as tmp:
+            save_file(tensors, str(tmp), metadata={"sgpo_train_state": json.dumps(meta)})
+
+    def load(self, model: nn.Module, optimizer: Any, *, shape: dict[str, int]) -> tuple[int, dict[str, float]] | None:
+        """Restore a saved state into ``model`` and ``optimizer``: (step, totals), or None when there is none."""
+        if not self.path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            meta = json.loads(f.metadata()["sgpo_train_state"])
+            tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
+        if meta["shape"] != shape:
+            raise ValueError(
+                f"{self.path}: saved for a round of {meta['shape']}, this round is {shape}; delete the file to retrain"
+            )
+        with torch.no_grad():
+            for name, p in _trainable(model):
+                p.copy_(tensors[f"param.{name}"].to(p.device, p.dtype))
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        for index, values in meta["optim_extras"].items():
+            state.setdefault(int(index), {}).update(values)
+        optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+        torch.set_rng_state(tensors["rng.cpu"])
+        if torch.cuda.is_available():
+            cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+            if len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
+        return int(meta["step"]), {k: float(v) for k, v in meta["totals"].items()}
+
+    def remove(self) -> None:
+        if self.main:
+            self.path.unlink(missing_ok=True)
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
 
 def make_optimizer(params: list[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
@@ -207,11 +302,14 @@ def train_round(
     pad_id: int,
     log: Callable[[dict[str, float]], None],
     progress: bool = True,
+    state: TrainState | None = None,
 ) -> dict[str, float]:
     """Train ``model`` for ``settings.epochs`` over ``pairs`` ((chosen row, rejected row) encodings).
 
     ``ref_logps`` (2, n) holds the reference log-probs of the chosen and rejected responses. ``log`` receives each
-    step's metrics (already reduced over processes). Returns the mean of each metric over the round.
+    step's metrics (already reduced over processes). Returns the mean of each metric over the round. With ``state``,
+    the training state is saved every ``settings.save_steps`` steps, and a saved state is resumed from: the steps
+    after it are those an uninterrupted round takes.
     """
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -233,10 +331,27 @@ def train_round(
     device = accelerator.device
     ref = torch.as_tensor(ref_logps, dtype=torch.float32)
     totals: dict[str, float] = {}
-    bar = tqdm(total=total_steps, desc="train", disable=not (progress and accelerator.is_main_process), unit="step")
     step = 0
+    shape = {"pairs": n, "total_steps": total_steps, "processes": world}
+    resumed = state.load(model, optimizer, shape=shape) if state is not None else None
+    if resumed is not None:
+        step, totals = resumed
+        with warnings.catch_warnings():
+            # the schedule is a function of the step: replay it without optimizer steps
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(step):
+                scheduler.step()
+    bar = tqdm(
+        total=total_steps,
+        initial=step,
+        desc="train",
+        disable=not (progress and accelerator.is_main_process),
+        unit="step",
+    )
     for epoch in range(settings.epochs):
-        for batch in global_batches(n, settings, epoch):
+        for index, batch in enumerate(global_batches(n, settings, epoch)):
+            if epoch * steps_per_epoch + index < step:
+                continue
             part, weight = local_part(batch, rank, world)
             sums = torch.zeros(5, dtype=torch.float64)
             micro = [
@@ -295,6 +410,9 @@ def train_round(
                 totals[key] = totals.get(key, 0.0) + metrics[key] / total_steps
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['reward_accuracy']:.2f}")
+            if state is not None and state.due(step, total_steps):
+                state.save(model, optimizer, step=step, totals=totals, shape=shape)
+                accelerator.wait_for_everyone()
     bar.close()
     accelerator.wait_for_everyone()
     totals["steps"] = step

@@ -5,7 +5,8 @@ Run directory layout (every file written atomically; a stage whose output exists
     output_dir/config.yaml            the resolved config (a later call must match it)
     output_dir/round_0/               round 0: DPO on the gold seed pairs
     output_dir/round_<t>/prompts.jsonl, generations.jsonl, annotations.jsonl, worst_case.safetensors + .json,
-                         reference_logps.safetensors, checkpoint/, train_log.jsonl, metrics.json (the round is done)
+                         reference_logps.safetensors, checkpoint/, train_log.jsonl, metrics.json (the round is done);
+                         while training: train_state.safetensors (every train.save_steps) and train_log.partial.jsonl
     output_dir/metrics.jsonl          every training step of every round
     output_dir/report.json, report.md the run's summary
 
@@ -436,7 +437,7 @@ class Run:
         """Stage 4: one round of the leader from the reference pi_t (SSAPO Alg. 1 step 4)."""
         from safetensors.numpy import load_file, save_file
 
-        from sgpo.pipeline.leader import LossSpec, TrainSettings, train_round
+        from sgpo.pipeline.leader import LossSpec, TrainSettings, TrainState, train_round
 
         round_dir = self.round_dir(t)
         summary_path = round_dir / "train_summary.json"
@@ -464,6 +465,7 @@ class Run:
             warmup_ratio=train.warmup_ratio,
             max_grad_norm=train.max_grad_norm,
             seed=self.cfg.seed * 1000 + t,
+            save_steps=train.save_steps,
         )
         prompts = [p["prompt"] for p in pairs]
         chosen = self.rows(prompts, [p["chosen"] for p in pairs])
@@ -488,9 +490,17 @@ class Run:
             **spec_extra,
         )
         step_context = step_context or {}
-        partial = round_dir / ".train_log.partial.jsonl"
-        partial.unlink(missing_ok=True)
+        partial = round_dir / "train_log.partial.jsonl"
+        # a training state saved mid-round (train.save_steps) is resumed from; the step rows up to it are kept
+        state = TrainState(round_dir / "train_state.safetensors", every=train.save_steps, main=self.main)
+        saved_step = state.saved_step()
         steps: list[dict[str, Any]] = []
+        if saved_step and partial.is_file():
+            steps = [row for row in files.read_jsonl(partial) if row["step"] <= saved_step]
+        if self.main:
+            with files.atomic_path(partial) as tmp:
+                tmp.write_text("".join(json.dumps(row) + "\n" for row in steps))
+        self.barrier()
         offset = self.global_step(t)
 
         def log(metrics: dict[str, Any]) -> None:
@@ -514,6 +524,7 @@ class Run:
             pad_id=self.tokenizer.pad_token_id,
             log=log,
             progress=self.cfg.logging.progress,
+            state=state,
         )
         summary.update(loss_type=loss_type, beta=beta, pairs=len(pairs), learning_rate=settings.learning_rate)
         self.save_checkpoint(model, t)
@@ -521,6 +532,7 @@ class Run:
             files.write_jsonl(round_dir / "train_log.jsonl", steps)
             partial.unlink(missing_ok=True)
             files.write_json(summary_path, summary)
+            state.remove()
         self.barrier()
         return summary
 
