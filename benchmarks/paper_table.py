@@ -290,25 +290,53 @@ class Table:
     def print_table(self, chosen: list[Variant]) -> None:
         a = self.args
         lines = [
-            "| row | method | win rate % | LC win rate % | mean judge score | train wall time (s) | seeds |",
-            "|---|---|---|---|---|---|---|",
+            "| row | method | win rate % | LC win rate % | mean judge score | self-labels = judge % | mass moved % "
+            "| train wall time (s) | seeds |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         if 1 in a.rows:
             score = self.results["initial"]["mean_score"]
-            lines.append(f"| 1 | initial model ({INITIAL}) | 50.0 | 50.0 | {score:.3f} | 0 | - |")
+            lines.append(f"| 1 | initial model ({INITIAL}) | 50.0 | 50.0 | {score:.3f} | - | - | 0 | - |")
         for v in chosen:
             found = [self.results[f"{v.name}_s{s}"] for s in a.seeds if f"{v.name}_s{s}" in self.results]
             if not found:
                 continue
+            agreement = (
+                [x for r in found if (x := label_agreement(Path(r["run_dir"]))) is not None] if v.iterative else []
+            )
+            moved = [100 * float(np.mean(r["mass_moved"])) for r in found if r.get("mass_moved")]
             lines.append(
                 f"| {v.row} | {v.label} | {mean_spread([r['win_rate'] for r in found])} | "
                 f"{mean_spread([r['lc_win_rate'] for r in found])} | {np.mean([r['mean_score'] for r in found]):.3f} | "
+                f"{mean_spread(agreement)} | {mean_spread(moved) if v.iterative else '-'} | "
                 f"{np.mean([r['train_seconds'] for r in found]):.0f} | {len(found)} |"
             )
         table = "\n".join(lines)
         (self.out / "table.md").write_text(table + "\n")
         print(table)
         print(f"wall time of the table: {self.results['_wall_seconds'] / 60:.1f} min with {a.jobs} jobs")
+
+
+def label_agreement(run_dir: Path) -> float | None:
+    """How often the self-annotation (the implicit reward) picks the response the verifiable judge prefers, in %.
+
+    Over every round's pairs whose two responses the judge does not score equal.
+    """
+    from sgpo.evaluation import VerifiableJudge
+
+    judge = VerifiableJudge()
+    agree = total = 0
+    for path in sorted(run_dir.glob("round_*/annotations.jsonl")):
+        pairs = read_jsonl(path)
+        if not pairs:
+            continue
+        prompts = [p["prompt"] for p in pairs]
+        chosen = judge.scores(prompts, [p["chosen"] for p in pairs])
+        rejected = judge.scores(prompts, [p["rejected"] for p in pairs])
+        decided = chosen != rejected
+        agree += int((chosen > rejected)[decided].sum())
+        total += int(decided.sum())
+    return 100 * agree / total if total else None
 
 
 def main() -> None:
