@@ -4,7 +4,7 @@ Each row is one or more ``sgpo run default ...`` calls (the README's default rec
 :func:`variants`), then ``sgpo eval`` of the last round's policy against the initial model on the held-out test prompts.
 Prints the markdown table for README "Results" and writes it, with every number, to ``--out``.
 
-    python benchmarks/paper_table.py                      # every row, seeds 1 and 2, 2 jobs (about an hour, 2 cores)
+    python benchmarks/paper_table.py                      # every row, seeds 1 and 2, 2 jobs (69 min on 2 cores)
     python benchmarks/paper_table.py --rows 2 5 8 --seeds 1 2 3
 
 Jobs run side by side as separate processes with one thread each. Runs resume: a finished run directory and its
