@@ -492,7 +492,11 @@ class Run:
         step_context = step_context or {}
         partial = round_dir / "train_log.partial.jsonl"
         # a training state saved mid-round (train.save_steps) is resumed from; the step rows up to it are kept
-        state = TrainState(round_dir / "train_state.safetensors", every=train.save_steps, main=self.main)
+        every = train.save_steps
+        if every and self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+            # sharded parameters and optimizer state would need every process's shard; a round reruns instead
+            every = None
+        state = TrainState(round_dir / "train_state.safetensors", every=every, main=self.main)
         saved_step = state.saved_step()
         steps: list[dict[str, Any]] = []
         if saved_step and partial.is_file():
