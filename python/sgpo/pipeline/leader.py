@@ -172,8 +172,6 @@ class TrainSettings:
     warmup_ratio: float
     max_grad_norm: float | None
     seed: int
-    # optimizer steps between saved training states (None: never); a killed round resumes from the last one
-    save_steps: int | None = None
 
 
 class TrainState:
@@ -308,8 +306,8 @@ def train_round(
 
     ``ref_logps`` (2, n) holds the reference log-probs of the chosen and rejected responses. ``log`` receives each
     step's metrics (already reduced over processes). Returns the mean of each metric over the round. With ``state``,
-    the training state is saved every ``settings.save_steps`` steps, and a saved state is resumed from: the steps
-    after it are those an uninterrupted round takes.
+    the training state is saved every ``state.every`` steps, and a saved state is resumed from: the steps after it
+    are those an uninterrupted round takes.
     """
     from tqdm.auto import tqdm
     from transformers import get_scheduler

@@ -465,7 +465,6 @@ class Run:
             warmup_ratio=train.warmup_ratio,
             max_grad_norm=train.max_grad_norm,
             seed=self.cfg.seed * 1000 + t,
-            save_steps=train.save_steps,
         )
         prompts = [p["prompt"] for p in pairs]
         chosen = self.rows(prompts, [p["chosen"] for p in pairs])
