@@ -97,7 +97,7 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[2_000, 60_000, 1_000_000, 10_000_000])
     p.add_argument("--pieces", type=int, default=6)
     p.add_argument("--epsilon", type=float, default=0.01)
-    p.add_argument("--highs-max-n", type=int, default=60_000)
+    p.add_argument("--highs-max-n", type=int, default=2_000, help="largest n for HiGHS (60,000: over 6 min)")
     p.add_argument("--torch-max-n", type=int, default=10_000_000)
     p.add_argument("--paper-groups", type=int, default=2, help="groups of 100 timed for the SLSQP column (0: skip)")
     p.add_argument("--out", default=None, help="also write the markdown table here")
