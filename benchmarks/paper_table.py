@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sgpo.pipeline.files import read_jsonl, write_jsonl
 
 INITIAL = "SmolLM2-135M-Instruct"
 FLIP_FRACTION = 0.25
@@ -113,15 +114,6 @@ def variants() -> list[Variant]:
 SAME_RUN = {"eps_0.0": "iter_dpo", "eps_0.01": "ssapo_prob"}
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    return path
-
-
 def bundled(name: str) -> Path:
     return Path(str(resources.files("sgpo") / "data" / name))
 
@@ -134,7 +126,9 @@ def flipped_seed(out: Path, seed: int) -> Path:
         r = rows[int(i)]
         r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
         r["chosen_score"], r["rejected_score"] = r.get("rejected_score"), r.get("chosen_score")
-    return write_jsonl(out / f"seed_flipped_{seed}.jsonl", rows)
+    path = out / f"seed_flipped_{seed}.jsonl"
+    write_jsonl(path, rows)
+    return path
 
 
 def gold_pairs(out: Path, rounds: int, per_round: int) -> Path:
@@ -154,7 +148,9 @@ def gold_pairs(out: Path, rounds: int, per_round: int) -> Path:
     seen = {(t, p["prompt"]) for t in range(1, rounds + 1) for p in [q for q in prompts if q["round"] == t][:per_round]}
     pool = read_jsonl(bundled("gold_pool.jsonl"))
     rows = read_jsonl(bundled("default_seed_pairs.jsonl")) + [p for p in pool if (p["round"], p["prompt"]) in seen]
-    return write_jsonl(out / f"gold_{rounds}x{per_round}.jsonl", rows)
+    path = out / f"gold_{rounds}x{per_round}.jsonl"
+    write_jsonl(path, rows)
+    return path
 
 
 def mean_spread(values: list[float]) -> str:

@@ -29,14 +29,9 @@ from pathlib import Path
 
 import numpy as np
 from sgpo.evaluation import VerifiableJudge, generate_prompts
+from sgpo.pipeline.files import write_jsonl
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "python" / "sgpo" / "data"
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    with path.open("w") as f:
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
 def sample_pool(args: argparse.Namespace, prompts: list[str], indices: list[int]) -> list[list[str]]:

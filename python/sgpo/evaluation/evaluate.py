@@ -111,7 +111,6 @@ def sample_model(model: str, prompts: Sequence[str], settings: EvalSettings, cac
     if cache is not None:
         from sgpo.pipeline.files import atomic_path
 
-        cache.parent.mkdir(parents=True, exist_ok=True)
         # atomic: evaluations running side by side may share the cache
         with atomic_path(cache) as tmp:
             tmp.write_text(json.dumps({"model": str(model), "responses": responses}, ensure_ascii=False))

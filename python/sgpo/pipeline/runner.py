@@ -501,8 +501,7 @@ class Run:
         if saved_step and partial.is_file():
             steps = [row for row in files.read_jsonl(partial) if row["step"] <= saved_step]
         if self.main:
-            with files.atomic_path(partial) as tmp:
-                tmp.write_text("".join(json.dumps(row) + "\n" for row in steps))
+            files.write_jsonl(partial, steps)
         self.barrier()
         offset = self.global_step(t)
 
