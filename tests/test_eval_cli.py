@@ -27,8 +27,13 @@ def test_eval_of_a_model_against_itself_ties_everywhere(tiny_model_dir: Path, tm
     report = (out / "report.md").read_text()
     assert "| model | win rate %" in report and "![win rate per round](win_rate.png)" in report
     assert (out / "win_rate.png").read_bytes()[:8] == PNG_MAGIC
-    cached = sorted((out / "responses").iterdir())
+    # the same model on both sides: no KL, no score difference, an interval of width 0
+    assert result["kl"] == 0.0 and result["paired"]["difference"] == {"mean": 0, "low": 0, "high": 0, "level": 0.95}
+    assert "![gold score against KL from the baseline](frontier.png)" in report
+    assert (out / "frontier.png").read_bytes()[:8] == PNG_MAGIC
+    cached = sorted(p for p in (out / "responses").iterdir() if not p.name.startswith("logps_"))
     assert len(cached) == 1 and len(json.loads(cached[0].read_text())["responses"]) == 4
+    assert len(json.loads(cached[0].read_text())["logps"]) == 4
     # a second evaluation reuses the cached responses instead of sampling again
     mtime = cached[0].stat().st_mtime_ns
     assert main(argv) == 0
@@ -52,10 +57,11 @@ def test_eval_prompts_are_the_generated_split_or_a_file(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text('{"prompt": "a"}\n\n{"prompt": "b"}\n{"prompt": "c"}\n')
     assert load_eval_prompts(str(path), 2) == ["a", "b"]
-    with pytest.raises(FileNotFoundError, match="prompts"):
+    with pytest.raises(ValueError, match="--prompts: expected 'hidden', .* got '.*none.jsonl'"):
         load_eval_prompts(str(tmp_path / "none.jsonl"), 2)
+    assert load_eval_prompts("prompts_test.jsonl", 3) == load_eval_prompts("test", 3)
     path.write_text('{"text": "a"}\n')
-    with pytest.raises(ValueError, match="prompt"):
+    with pytest.raises(ValueError, match="--prompts: .* no column 'prompt'"):
         load_eval_prompts(str(path), 2)
 
 

@@ -3,6 +3,12 @@
 Every model is sampled with the same per-row seeds (:func:`sgpo.generation.row_seed`), so two models that agree on a
 prompt give the same response and tie; responses are cached in ``OUTPUT/responses/`` keyed by the model's files and
 the sampling settings, so a second ``sgpo eval`` (or the next round's) samples only what is new.
+
+For each model against the baseline on the same prompts the report gives the mean gold score and the paired
+per-prompt difference with a bootstrap 95% interval, the win rate with its interval (ties count 1/2), the LC win
+rate, and the policy's KL from the baseline estimated on its own samples: the mean over prompts of
+``log pi(y|x) - log pi_0(y|x)`` for the sampled ``y`` (sampled at the evaluation temperature, so it estimates the KL of
+the tempered policies), with the reward-vs-KL frontier as ``frontier.png``.
 """
 
 from __future__ import annotations
@@ -16,11 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from sgpo.evaluation.judge import VerifiableJudge
-from sgpo.evaluation.prompts import SPLITS, generate_prompts
+from sgpo.evaluation.judge import win_rate_from_outcomes
 from sgpo.evaluation.report import ModelResult, RoundArtifacts, write_report
+from sgpo.evaluation.statistics import paired_comparison
 
 DEFAULT_BASELINE = "SmolLM2-135M-Instruct"
+# the hidden-preference track: more prompts (the effects are a few points) and short answers (the rubrics need few)
+HIDDEN_DEFAULTS = {"num_prompts": 256, "max_new_tokens": 48}
+DEFAULT_HIDDEN_JUDGE = "warmth"
 
 
 @dataclass(frozen=True)
@@ -35,6 +44,13 @@ class EvalSettings:
     seed: int = 0
     batch_size: int = 16
 
+    @classmethod
+    def for_prompts(cls, prompts: str, **given: object) -> EvalSettings:
+        """Settings with the track's defaults (``hidden``: 256 prompts, 48 new tokens) where ``given`` has None."""
+        defaults = HIDDEN_DEFAULTS if prompts == "hidden" else {}
+        values = {k: v for k, v in given.items() if v is not None}
+        return cls(prompts=prompts, **{**defaults, **values})
+
     def validate(self) -> EvalSettings:
         if self.num_prompts < 1:
             raise ValueError(f"num_prompts: expected an integer >= 1, got {self.num_prompts!r}")
@@ -45,24 +61,15 @@ class EvalSettings:
         return self
 
 
-def load_eval_prompts(source: str, limit: int) -> list[str]:
-    """``test`` / ``train``: the first ``limit`` generated prompts of that split (seed 0, the same ones as the bundled
-    ``prompts_test.jsonl``); otherwise a JSONL file with a ``prompt`` field per line."""
-    if source in SPLITS:
-        return [spec.text for spec in generate_prompts(limit, source, seed=0)]
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts: expected 'test', 'train' or a JSONL file, got {source!r} (no such file)")
-    prompts = []
-    for i, line in enumerate(path.read_text().splitlines()):
-        if line.strip():
-            record = json.loads(line)
-            if not isinstance(record.get("prompt"), str):
-                raise ValueError(f"prompts: line {i + 1} of {path} has no string 'prompt' field")
-            prompts.append(record["prompt"])
-    if not prompts:
-        raise ValueError(f"prompts: {path} holds no prompts")
-    return prompts[:limit]
+def load_eval_prompts(source: str, limit: int) -> list[object]:
+    """``hidden``: the first ``limit`` open prompts of the hidden track's test split; ``test`` / ``train``: the first
+    ``limit`` verifiable prompts of that split (seed 0, the same ones as the bundled ``prompts_test.jsonl``); otherwise
+    a prompt file (its first ``limit`` prompts, or all of them if it holds fewer)."""
+    from sgpo.evaluation.sources import TRACKS, load_prompts
+
+    if source in TRACKS or source in ("train", "test"):
+        return load_prompts(source, limit, split="test")
+    return load_prompts(source, None)[:limit]
 
 
 def _fingerprint(model: str, prompts: Sequence[str], settings: EvalSettings) -> str:
@@ -82,19 +89,61 @@ def _fingerprint(model: str, prompts: Sequence[str], settings: EvalSettings) -> 
     return digest.hexdigest()[:16]
 
 
-def sample_model(model: str, prompts: Sequence[str], settings: EvalSettings, cache_dir: Path | None) -> list[str]:
-    """One response per prompt from ``model`` (name or path), cached in ``cache_dir`` when given."""
-    cache = None
-    if cache_dir is not None:
-        cache = cache_dir / f"{_fingerprint(model, prompts, settings)}.json"
-        if cache.is_file():
-            return json.loads(cache.read_text())["responses"]
-    from sgpo.generation import generate_responses
+def response_logps(model: object, tokenizer: object, prompts: Sequence[object], responses: Sequence[str]) -> np.ndarray:
+    """Summed log-probs of each response (EOS included) under ``model``, with the chat template the sampler used."""
+    import torch
+
+    from sgpo.pipeline.leader import SequenceScorer, encode, score_rows
+
+    rows = [encode(tokenizer, p, r, system_prompt=None, max_length=1 << 30) for p, r in zip(prompts, responses)]
+    with torch.no_grad():
+        return score_rows(SequenceScorer(model), rows, pad_id=tokenizer.pad_token_id, batch_size=16, device="cpu")
+
+
+def _cache_file(cache_dir: Path | None, name: str) -> Path | None:
+    return cache_dir / f"{name}.json" if cache_dir is not None else None
+
+
+def _write_cache(cache: Path | None, value: dict) -> None:
+    if cache is None:
+        return
+    from sgpo.pipeline.files import atomic_path
+
+    # atomic: evaluations running side by side may share the cache
+    with atomic_path(cache) as tmp:
+        tmp.write_text(json.dumps(value, ensure_ascii=False))
+
+
+def sample_model(
+    model: str, prompts: Sequence[object], settings: EvalSettings, cache_dir: Path | None, *, logps: bool = False
+) -> list[str] | tuple[list[str], list[float]]:
+    """One response per prompt from ``model`` (name or path), cached in ``cache_dir`` when given.
+
+    With ``logps`` it also returns each response's log-prob under ``model`` (cached with the responses).
+    """
+    cache = _cache_file(cache_dir, _fingerprint(model, [json.dumps(p) for p in prompts], settings))
+    cached = json.loads(cache.read_text()) if cache is not None and cache.is_file() else None
+    if cached is not None and (not logps or "logps" in cached):
+        return (cached["responses"], cached["logps"]) if logps else cached["responses"]
     from sgpo.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model)
     policy = load_model(model, dtype="float32")
-    responses = [
+    if cached is not None:
+        responses = cached["responses"]
+    else:
+        responses = _sample(policy, tokenizer, prompts, settings)
+    record = {"model": str(model), "responses": responses}
+    if logps:
+        record["logps"] = response_logps(policy, tokenizer, prompts, responses).tolist()
+    _write_cache(cache, record)
+    return (responses, record["logps"]) if logps else responses
+
+
+def _sample(policy: object, tokenizer: object, prompts: Sequence[object], settings: EvalSettings) -> list[str]:
+    from sgpo.generation import generate_responses
+
+    return [
         rows[0]
         for rows in generate_responses(
             policy,
@@ -108,25 +157,51 @@ def sample_model(model: str, prompts: Sequence[str], settings: EvalSettings, cac
             batch_size=settings.batch_size,
         )
     ]
-    if cache is not None:
-        from sgpo.pipeline.files import atomic_path
 
-        # atomic: evaluations running side by side may share the cache
-        with atomic_path(cache) as tmp:
-            tmp.write_text(json.dumps({"model": str(model), "responses": responses}, ensure_ascii=False))
-    return responses
+
+def baseline_logps(
+    baseline: str, candidates: Sequence[tuple[Sequence[object], Sequence[str]]], cache_dir: Path | None
+) -> list[np.ndarray]:
+    """Log-probs under ``baseline`` of each candidate's (prompts, responses), the baseline loaded once if needed."""
+    out: list[np.ndarray | None] = []
+    missing = []
+    for i, (prompts, responses) in enumerate(candidates):
+        digest = hashlib.sha256(json.dumps([list(map(json.dumps, prompts)), list(responses)]).encode())
+        name = f"logps_{_fingerprint(baseline, [], EvalSettings())}_{digest.hexdigest()[:16]}"
+        cache = _cache_file(cache_dir, name)
+        if cache is not None and cache.is_file():
+            out.append(np.asarray(json.loads(cache.read_text())["logps"]))
+        else:
+            out.append(None)
+            missing.append((i, cache))
+    if missing:
+        from sgpo.models import load_model, load_tokenizer
+
+        tokenizer, model = load_tokenizer(baseline), load_model(baseline, dtype="float32")
+        for i, cache in missing:
+            values = response_logps(model, tokenizer, *candidates[i])
+            _write_cache(cache, {"model": str(baseline), "logps": values.tolist()})
+            out[i] = values
+    return [np.asarray(v) for v in out]
 
 
 def judge_responses(
     label: str,
     model: str,
-    prompts: Sequence[str],
+    prompts: Sequence[object],
     responses: Sequence[str],
     baseline_responses: Sequence[str],
-    judge: VerifiableJudge | None = None,
+    judge: object | None = None,
+    kl: np.ndarray | None = None,
 ) -> ModelResult:
+    """Gold scores of both sides, their paired comparison, the win rate with its LC form, and the KL estimate."""
+    from sgpo.evaluation.judge import VerifiableJudge
+
     judge = judge or VerifiableJudge()
-    win, scores, base_scores = judge.compare(prompts, responses, baseline_responses)
+    scores = np.asarray(judge.scores(list(prompts), list(responses)), dtype=np.float64)
+    base_scores = np.asarray(judge.scores(list(prompts), list(baseline_responses)), dtype=np.float64)
+    outcomes = 0.5 * (1.0 + np.sign(scores - base_scores))
+    win = win_rate_from_outcomes(outcomes, [len(r) for r in responses], [len(b) for b in baseline_responses])
     return ModelResult(
         label=label,
         model=str(model),
@@ -134,6 +209,10 @@ def judge_responses(
         mean_score=float(scores.mean()),
         baseline_mean_score=float(base_scores.mean()),
         mean_chars=float(np.mean([len(r) for r in responses])),
+        comparison=paired_comparison(scores, base_scores),
+        kl=None if kl is None else float(np.mean(kl)),
+        kl_stderr=None if kl is None or len(kl) < 2 else float(np.std(kl, ddof=1) / np.sqrt(len(kl))),
+        scores=scores,
     )
 
 
@@ -146,14 +225,23 @@ def evaluate_models(
     rounds: Sequence[RoundArtifacts] = (),
     title: str = "sgpo evaluation",
     cache_dir: str | Path | None = None,
+    judge: str | None = None,
+    judge_options: dict | None = None,
+    kl: bool = True,
 ) -> list[ModelResult]:
     """Judge each ``(label, model)`` against ``baseline``; write ``report.md``, ``eval.json`` and the PNGs.
 
-    Responses are cached under ``cache_dir`` (default ``output_dir/responses``), keyed by the model's files, the
-    prompts and the settings: evaluations that share a cache sample each model, the baseline included, once.
+    ``judge`` is any judge name or ``package.module:Class`` (default: ``verifiable``, or ``warmth`` on the hidden
+    track). Responses (and their log-probs, for the KL estimate) are cached under ``cache_dir`` (default
+    ``output_dir/responses``), keyed by the model's files, the prompts and the settings: evaluations that share a cache
+    sample each model, the baseline included, once.
     """
+    from sgpo.pipeline.judges import build_judge
+
     settings = (settings or EvalSettings()).validate()
     output_dir = Path(output_dir)
+    judge = judge or (DEFAULT_HIDDEN_JUDGE if settings.prompts == "hidden" else "verifiable")
+    gold = build_judge(judge, dict(judge_options or {}), None, option="--judge")
     prompts = load_eval_prompts(settings.prompts, settings.num_prompts)
     from sgpo.models import resolve_model
 
@@ -162,27 +250,37 @@ def evaluate_models(
         resolve_model(model)
     cache_dir = Path(cache_dir) if cache_dir is not None else output_dir / "responses"
     baseline_responses = sample_model(baseline, prompts, settings, cache_dir)
-    judge = VerifiableJudge()
+    sampled = [sample_model(model, prompts, settings, cache_dir, logps=kl) for _, model in candidates]
+    own = [s[1] for s in sampled] if kl else [None] * len(sampled)
+    responses = [s[0] if kl else s for s in sampled]
+    base = baseline_logps(baseline, [(prompts, r) for r in responses], cache_dir) if kl else [None] * len(sampled)
     results = [
         judge_responses(
-            label, model, prompts, sample_model(model, prompts, settings, cache_dir), baseline_responses, judge
+            label,
+            model,
+            prompts,
+            r,
+            baseline_responses,
+            gold,
+            None if o is None else np.asarray(o) - b,
         )
-        for label, model in candidates
+        for (label, model), r, o, b in zip(candidates, responses, own, base, strict=True)
     ]
     write_report(
         output_dir,
         title=title,
         results=results,
         rounds=rounds,
-        settings={**asdict(settings), "prompts used": len(prompts)},
+        settings={**asdict(settings), "prompts used": len(prompts), "judge": judge},
         baseline=baseline,
+        judge=judge,
     )
     summary = {
         "baseline": baseline,
+        "judge": judge,
         "settings": asdict(settings),
-        "results": [
-            {"label": r.label, "model": r.model, "mean_score": r.mean_score, **r.win.to_dict()} for r in results
-        ],
+        "baseline_mean_score": results[0].baseline_mean_score if results else None,
+        "results": [r.to_dict() for r in results],
     }
     (output_dir / "eval.json").write_text(json.dumps(summary, indent=2) + "\n")
     return results
@@ -190,15 +288,21 @@ def evaluate_models(
 
 def _run(args: argparse.Namespace) -> int:
     from sgpo.evaluation.runs import discover
+    from sgpo.labeling import json_options
+    from sgpo.pipeline.judges import check_judge_class
 
-    settings = EvalSettings(
-        prompts=args.prompts,
+    settings = EvalSettings.for_prompts(
+        args.prompts,
         num_prompts=args.num_prompts,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         seed=args.seed,
         batch_size=args.batch_size,
-    )
+    ).validate()
+    options = json_options(args.judge_options)
+    if args.judge is not None:
+        check_judge_class(args.judge, "--judge")
+    load_eval_prompts(settings.prompts, settings.num_prompts)
     found = discover(args.target)
     baseline = args.baseline or found.initial_model or DEFAULT_BASELINE
     output = Path(args.output) if args.output else found.default_output
@@ -210,9 +314,19 @@ def _run(args: argparse.Namespace) -> int:
         rounds=found.rounds,
         title=found.title,
         cache_dir=args.cache_dir,
+        judge=args.judge,
+        judge_options=options,
+        kl=not args.no_kl,
     )
     for r in results:
-        print(f"{r.label}: win rate {100 * r.win.win_rate:.1f}%  LC {100 * r.win.lc_win_rate:.1f}%  (n={r.win.n})")
+        c = r.comparison
+        kl = f"  KL {r.kl:.2f}" if r.kl is not None else ""
+        print(
+            f"{r.label}: score {c.mean_score:.3f} vs {c.baseline_mean_score:.3f} (diff {c.difference.mean:+.3f} "
+            f"[{c.difference.low:+.3f}, {c.difference.high:+.3f}])  win rate {100 * r.win.win_rate:.1f}% "
+            f"[{100 * c.win_rate.low:.1f}, {100 * c.win_rate.high:.1f}]  LC {100 * r.win.lc_win_rate:.1f}%{kl}  "
+            f"(n={r.win.n})"
+        )
     print(f"report: {output / 'report.md'}")
     return 0
 
@@ -225,9 +339,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("target", metavar="RUN_DIR_OR_MODEL", help="a run directory of `sgpo run`, or a model")
     parser.add_argument("--baseline", default=None, help="default: the run's initial model, else SmolLM2-135M-Instruct")
-    parser.add_argument("--prompts", default="test", help="test | train | a JSONL file with a 'prompt' field")
-    parser.add_argument("--num-prompts", type=int, default=EvalSettings.num_prompts)
-    parser.add_argument("--max-new-tokens", type=int, default=EvalSettings.max_new_tokens)
+    parser.add_argument(
+        "--prompts",
+        default="test",
+        help="hidden | test | train | a prompt file (JSONL/JSON/parquet/CSV, 'prompt' column)",
+    )
+    parser.add_argument(
+        "--judge",
+        default=None,
+        help="the gold judge: verifiable | warmth | concreteness | structure | reward_model | package.module:Class "
+        "(default: verifiable; warmth for --prompts hidden)",
+    )
+    parser.add_argument("--judge-options", default=None, help="the judge's keyword arguments as a JSON object")
+    parser.add_argument("--num-prompts", type=int, default=None, help="default 64; 256 for --prompts hidden")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="default 80; 48 for --prompts hidden")
+    parser.add_argument("--no-kl", action="store_true", help="skip the KL estimate (no log-prob passes)")
     parser.add_argument("--temperature", type=float, default=EvalSettings.temperature)
     parser.add_argument("--seed", type=int, default=EvalSettings.seed)
     parser.add_argument("--batch-size", type=int, default=EvalSettings.batch_size)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sgpo.evaluation.judge import WinRate
+from sgpo.evaluation.statistics import PairedComparison
 
 
 @dataclass
@@ -21,6 +22,22 @@ class ModelResult:
     mean_score: float
     baseline_mean_score: float
     mean_chars: float
+    comparison: PairedComparison | None = None
+    # mean over prompts of log pi(y|x) - log pi_0(y|x) on the model's own samples, and its standard error
+    kl: float | None = None
+    kl_stderr: float | None = None
+    scores: np.ndarray | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"label": self.label, "model": self.model, "mean_score": self.mean_score}
+        out.update(self.win.to_dict())
+        out.update(baseline_mean_score=self.baseline_mean_score, mean_chars=self.mean_chars)
+        if self.comparison is not None:
+            out["paired"] = self.comparison.to_dict()
+        out.update(kl=self.kl, kl_stderr=self.kl_stderr)
+        if self.scores is not None:
+            out["scores"] = [float(x) for x in self.scores]
+        return out
 
 
 @dataclass
@@ -59,6 +76,35 @@ def plot_win_rates(results: Sequence[ModelResult], path: Path) -> Path:
     ax.set_ylabel("% vs baseline")
     ax.set_ylim(0, 100)
     ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_frontier(results: Sequence[ModelResult], path: Path, baseline_score: float) -> Path:
+    """The reward-vs-KL frontier (the DPO paper's picture): mean gold score against KL from the baseline."""
+    plt = _pyplot()
+    shown = [r for r in results if r.kl is not None and r.comparison is not None]
+    fig, ax = plt.subplots(figsize=(5.2, 3.8))
+    ax.scatter([0.0], [baseline_score], marker="*", s=120, color="black", label="baseline", zorder=3)
+    for r in shown:
+        c = r.comparison
+        low, high = baseline_score + c.difference.low, baseline_score + c.difference.high
+        ax.errorbar(
+            [r.kl],
+            [r.mean_score],
+            yerr=[[r.mean_score - low], [high - r.mean_score]],
+            xerr=[[r.kl_stderr or 0.0], [r.kl_stderr or 0.0]],
+            marker="o",
+            capsize=3,
+            label=r.label,
+        )
+    ax.axhline(baseline_score, color="grey", linewidth=0.8)
+    ax.set_xlabel("KL from the baseline (nats, on the model's own samples)")
+    ax.set_ylabel("mean gold score")
+    if len(shown) <= 12:
+        ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -109,6 +155,24 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def paired_table(results: Sequence[ModelResult]) -> str:
+    lines = [
+        "| model | mean score | paired difference [95% CI] | win rate % [95% CI] | KL from baseline |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        c = r.comparison
+        if c is None:
+            continue
+        kl = "-" if r.kl is None else f"{r.kl:.2f} ± {r.kl_stderr or 0.0:.2f}"
+        lines.append(
+            f"| {r.label} | {c.mean_score:.3f} (baseline {c.baseline_mean_score:.3f}) | {c.difference.mean:+.3f} "
+            f"[{c.difference.low:+.3f}, {c.difference.high:+.3f}] | {_pct(c.win_rate.mean)} "
+            f"[{_pct(c.win_rate.low)}, {_pct(c.win_rate.high)}] | {kl} |"
+        )
+    return "\n".join(lines)
+
+
 def results_table(results: Sequence[ModelResult]) -> str:
     lines = [
         "| model | win rate % | LC win rate % | wins / ties / losses | mean score | baseline score | mean chars |",
@@ -147,10 +211,22 @@ def write_report(
     rounds: Sequence[RoundArtifacts],
     settings: dict[str, object],
     baseline: str,
+    judge: str = "verifiable",
 ) -> Path:
     """Write ``report.md`` and its PNGs into ``output_dir``; returns the report's path."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    parts = [f"# {title}", "", f"Baseline: `{baseline}`. Judge: `VerifiableJudge` (exact constraint checks).", ""]
+    parts = [f"# {title}", "", f"Baseline: `{baseline}`. Gold judge: `{judge}`.", ""]
+    if any(r.comparison is not None for r in results):
+        parts += ["## Gold score against the baseline, paired by prompt", "", paired_table(results), ""]
+        parts += [
+            "Each model answers the baseline's prompts with the same per-row seeds. Paired difference: the mean over "
+            "prompts of score(model) - score(baseline); intervals are percentile bootstraps over prompts. KL: the "
+            "mean of log pi - log pi_0 over the model's own samples (± standard error).",
+            "",
+        ]
+        if any(r.kl is not None for r in results):
+            plot_frontier(results, output_dir / "frontier.png", results[0].baseline_mean_score)
+            parts += ["![gold score against KL from the baseline](frontier.png)", ""]
     parts += ["## Win rate against the baseline", "", results_table(results), ""]
     parts += [
         "Win rate: ties count 1/2; ± is the standard error over prompts. LC win rate: the intercept of a logistic "

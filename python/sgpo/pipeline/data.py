@@ -27,6 +27,11 @@ def bundled_data(name: str) -> Path:
     return path
 
 
+def bundled_names() -> list[str]:
+    """The data files shipped in ``sgpo/data``."""
+    return sorted(p.name for p in Path(str(resources.files("sgpo") / "data")).iterdir() if p.is_file())
+
+
 def load_table(source: str, *, split: str = "train", kind: str = "prompts") -> Any:
     """A ``datasets.Dataset`` from a file, a directory saved with ``save_to_disk``, ``default``, the name of a file
     bundled in ``sgpo/data`` (``prompts_test.jsonl``) or a hub name."""

@@ -1,9 +1,11 @@
 """Judges that annotate sampled responses: the policy's implicit reward, a reward model, or any pluggable class.
 
-A judge has ``scores(prompts, responses) -> np.ndarray`` (one score per (prompt, response) pair) and
-``win_probabilities(prompt, responses) -> np.ndarray`` (SPPO's ``P_i`` of each of K responses). The config key
-``judge.name`` picks the class: a registered name or ``"package.module:Class"``; ``judge.options`` are its keyword
-arguments. A class with a ``from_pipeline(context, **options)`` classmethod also receives the running policy.
+A judge is anything with ``scores(prompts, responses) -> np.ndarray`` (one score per (prompt, response) pair).
+It may also define ``win_probabilities(prompt, responses) -> np.ndarray`` (SPPO's ``P_i`` of each of K responses);
+without it, :func:`win_probabilities` uses Bradley-Terry on the scores with the judge's ``temperature`` (default 1).
+The same judge works in ``sgpo label --judge``, ``sgpo run`` (``judge.name``, ``evaluate.judge.name``) and ``sgpo eval
+--judge``: a registered name or ``"package.module:Class"``, with keyword arguments (``judge.options``). A class with a
+``from_pipeline(context, **options)`` classmethod also receives the running policy.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ JUDGES: dict[str, str] = {
     "implicit_reward": "sgpo.pipeline.judges:ImplicitRewardJudge",
     "reward_model": "sgpo.pipeline.judges:RewardModelJudge",
     "verifiable": "sgpo.evaluation.judge:VerifiableJudge",
+    # hidden-preference rubrics (sgpo.evaluation.rubrics)
+    "warmth": "sgpo.evaluation.rubrics:WarmthJudge",
+    "concreteness": "sgpo.evaluation.rubrics:ConcretenessJudge",
+    "structure": "sgpo.evaluation.rubrics:StructureJudge",
 }
+IMPLICIT_REWARDS = ("sum", "mean", "length_debiased")
 
 
 @dataclass
@@ -30,12 +37,49 @@ class JudgeContext:
     policy_logps: Callable[[Sequence[Any], Sequence[str]], np.ndarray]
     sft_logps: Callable[[Sequence[Any], Sequence[str]], np.ndarray]
     beta: float
+    # response tokens (EOS included) of each (prompt, response), as the log-probs count them
+    lengths: Callable[[Sequence[Any], Sequence[str]], np.ndarray] | None = None
 
 
 def bradley_terry_win_probabilities(scores: np.ndarray, temperature: float) -> np.ndarray:
     """SPPO's ``P_i = (1/K) sum_j sigmoid((s_i - s_j) / temperature)``, ``j = i`` counting 1/2 (DESIGN 1.4)."""
     diff = (scores[:, None] - scores[None, :]) / temperature
-    return (1.0 / (1.0 + np.exp(-diff))).mean(axis=1)
+    return 0.5 * (1.0 + np.tanh(0.5 * diff)).mean(axis=1)
+
+
+def win_probabilities(judge: Any, prompt: Any, responses: Sequence[str]) -> np.ndarray:
+    """The judge's own ``win_probabilities`` where it has one, else Bradley-Terry on its scores."""
+    if callable(getattr(judge, "win_probabilities", None)):
+        return np.asarray(judge.win_probabilities(prompt, responses), dtype=np.float64)
+    if len(responses) == 0:
+        raise ValueError("responses: expected at least one response, got none")
+    scores = np.asarray(judge.scores([prompt] * len(responses), list(responses)), dtype=np.float64)
+    return bradley_terry_win_probabilities(scores, float(getattr(judge, "temperature", 1.0)))
+
+
+def length_debias_alpha(score_diffs: np.ndarray, length_diffs: np.ndarray) -> float:
+    """The ``alpha`` that makes chosen and rejected equally long on average when each pair picks by ``r - alpha * len``.
+
+    For pair ``i`` (responses a, b) with ``dr_i = r_a - r_b`` and ``dl_i = len_a - len_b``, the chosen-minus-rejected
+    length is ``sign(dr_i - alpha dl_i) dl_i``; its mean is non-increasing in ``alpha`` and steps only at the
+    breakpoints ``dr_i / dl_i``. The answer is the breakpoint where that mean changes sign (0 when the raw choice
+    already has no length difference on average, or no pair differs in length).
+    """
+    dr, dl = np.asarray(score_diffs, dtype=np.float64), np.asarray(length_diffs, dtype=np.float64)
+    if dr.shape != dl.shape or dr.ndim != 1:
+        raise ValueError(f"score_diffs, length_diffs: expected 1-D arrays of one shape, got {dr.shape} and {dl.shape}")
+
+    def gap(alpha: float) -> float:
+        return float(np.mean(np.sign(dr - alpha * dl) * dl)) if dr.size else 0.0
+
+    if not np.any(dl != 0) or gap(0.0) == 0.0:
+        return 0.0
+    breaks = np.unique(dr[dl != 0] / dl[dl != 0])
+    # the gap is constant between breakpoints: probe each interval; it is > 0 below the first breakpoint and < 0
+    # above the last, so it changes sign at exactly one breakpoint, where the pairs tied there contribute 0
+    probes = np.concatenate([[breaks[0] - 1.0], (breaks[:-1] + breaks[1:]) / 2, [breaks[-1] + 1.0]])
+    first_nonpositive = next(k for k, a in enumerate(probes) if gap(float(a)) <= 0)
+    return float(breaks[first_nonpositive - 1])
 
 
 class ScoreJudge:
@@ -56,23 +100,61 @@ class ScoreJudge:
 class ImplicitRewardJudge(ScoreJudge):
     """SPA's self-annotation (SSAPO Alg. 1 step 2): ``r(y) = log pi_t(y|x) - log pi_SFT(y|x)``.
 
+    ``reward`` (``judge.options.reward``) picks the variant:
+
+    - ``"sum"``: the summed log-ratio over the response's tokens (the paper);
+    - ``"mean"``: the per-token average, ``r(y) / len(y)``;
+    - ``"length_debiased"``: ``r(y) - alpha * len(y)``, ``alpha`` fitted on the round's pairs by
+      :func:`length_debias_alpha` so that the chosen and rejected responses are equally long on average
+      (:meth:`calibrate`).
+
     Win probabilities use ``sigmoid(beta * (r_i - r_j))``, the DPO preference model of the policy itself.
     """
 
     name = "implicit_reward"
 
-    def __init__(self, context: JudgeContext) -> None:
+    def __init__(self, context: JudgeContext, reward: str = "sum") -> None:
+        if reward not in IMPLICIT_REWARDS:
+            raise ValueError(f"judge.options.reward: expected one of {', '.join(IMPLICIT_REWARDS)}, got {reward!r}")
+        if reward != "sum" and context.lengths is None:
+            raise ValueError(f"judge.options.reward: {reward!r} needs response lengths, which this caller cannot give")
         self.context = context
+        self.reward = reward
         self.temperature = 1.0 / context.beta
+        self.alpha = 0.0
 
     @classmethod
-    def from_pipeline(cls, context: JudgeContext) -> ImplicitRewardJudge:
-        return cls(context)
+    def from_pipeline(cls, context: JudgeContext, reward: str = "sum") -> ImplicitRewardJudge:
+        return cls(context, reward)
+
+    def lengths(self, prompts: Sequence[Any], responses: Sequence[str]) -> np.ndarray:
+        if self.context.lengths is None:
+            raise ValueError("judge.options.reward: response lengths are not available")
+        return np.asarray(self.context.lengths(prompts, responses), dtype=np.float64)
 
     def scores(self, prompts: Sequence[Any], responses: Sequence[str]) -> np.ndarray:
         policy = self.context.policy_logps(prompts, responses)
         sft = self.context.sft_logps(prompts, responses)
-        return np.asarray(policy, dtype=np.float64) - np.asarray(sft, dtype=np.float64)
+        ratio = np.asarray(policy, dtype=np.float64) - np.asarray(sft, dtype=np.float64)
+        if self.reward == "mean":
+            return ratio / np.maximum(self.lengths(prompts, responses), 1.0)
+        if self.reward == "length_debiased":
+            return ratio - self.alpha * self.lengths(prompts, responses)
+        return ratio
+
+    def calibrate(self, scores: Sequence[np.ndarray], lengths: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """For ``length_debiased``: fit ``alpha`` on every within-prompt pair of a round from the raw summed
+        log-ratios (``scores[i]``: the K responses of prompt i, as :meth:`scores` gives them before any fit) and
+        return ``r - alpha * len``; the other variants return ``scores`` unchanged."""
+        raw = [np.asarray(s, dtype=np.float64) for s in scores]
+        if self.reward != "length_debiased":
+            return raw
+        sizes = [np.asarray(n, dtype=np.float64) for n in lengths]
+        pairs = [np.triu_indices(len(s), k=1) for s in raw]
+        dr = np.concatenate([s[i] - s[j] for s, (i, j) in zip(raw, pairs, strict=True)] or [np.zeros(0)])
+        dl = np.concatenate([n[i] - n[j] for n, (i, j) in zip(sizes, pairs, strict=True)] or [np.zeros(0)])
+        self.alpha = length_debias_alpha(dr, dl)
+        return [s - self.alpha * n for s, n in zip(raw, sizes, strict=True)]
 
 
 class RewardModelJudge(ScoreJudge):
@@ -133,33 +215,43 @@ class RewardModelJudge(ScoreJudge):
         return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
 
 
-def judge_class(name: str) -> type:
-    """The class a ``judge.name`` refers to: a key of :data:`JUDGES` or ``"package.module:Class"``."""
+def judge_class(name: str, option: str = "judge.name") -> type:
+    """The class a judge name refers to: a key of :data:`JUDGES` or ``"package.module:Class"``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{option}: expected a judge name or 'package.module:Class', got {name!r}")
     target = JUDGES.get(name, name)
     if ":" not in target:
         raise ValueError(
-            f"judge.name: unknown judge {name!r}; expected one of {', '.join(JUDGES)} or 'package.module:Class'"
+            f"{option}: unknown judge {name!r}; expected one of {', '.join(JUDGES)} or 'package.module:Class'"
         )
     module_name, class_name = target.split(":", 1)
     try:
         return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"judge.name: cannot import {target!r}: {err}") from err
+        raise ValueError(f"{option}: cannot import {target!r}: {err}") from err
 
 
-def build_judge(name: str, options: dict[str, Any], context: JudgeContext | None) -> Any:
+def check_judge_class(name: str, option: str = "judge.name") -> type:
+    """:func:`judge_class`, refusing a class without a ``scores`` method: a check that runs before any model loads."""
+    cls = judge_class(name, option)
+    if not callable(getattr(cls, "scores", None)):
+        raise ValueError(f"{option}: {cls.__name__} has no scores(prompts, responses) method; a judge needs one")
+    return cls
+
+
+def build_judge(name: str, options: dict[str, Any], context: JudgeContext | None, option: str = "judge.name") -> Any:
     """Instantiate a judge; ``from_pipeline`` classes get ``context`` (the running policy) as well."""
-    cls = judge_class(name)
+    cls = check_judge_class(name, option)
+    options_key = option.rsplit(".", 1)[0] + ".options" if "." in option else f"{option}-options"
     try:
         if hasattr(cls, "from_pipeline"):
             if context is None:
-                raise ValueError(f"judge.name: {name!r} scores with the policy and cannot judge outside a run")
+                raise ValueError(f"{option}: {name!r} scores with the policy and cannot judge outside a run")
             judge = cls.from_pipeline(context, **options)
         else:
             judge = cls(**options)
     except TypeError as err:
-        raise ValueError(f"judge.options: {options!r} do not fit {cls.__name__}: {err}") from err
-    for method in ("scores", "win_probabilities"):
-        if not callable(getattr(judge, method, None)):
-            raise ValueError(f"judge.name: {cls.__name__} has no {method}() method; a judge needs both")
+        raise ValueError(f"{options_key}: {options!r} do not fit {cls.__name__}: {err}") from err
+    if not callable(getattr(judge, "scores", None)):
+        raise ValueError(f"{option}: {cls.__name__} has no scores() method; a judge needs one")
     return judge
