@@ -424,7 +424,11 @@ def cmake_cuda_flags(root: Path = ROOT) -> tuple[list[int], list[str]]:
     if build_type != "Release":
         raise ValueError(f"pyproject.toml: cmake.build-type is {build_type!r}; this check knows Release's flags only")
     flags = ["-O3", "-DNDEBUG", f"-std=c++{standard}", *options.split()]
-    flags += [f"-D{d.replace(chr(34), '')}" for d in re.findall(r'\w+(?:="[^"]*"|=\S+)?', defines)]
+    defines = defines.replace("${SGPO_CUDA_ARCHS_STR}", archs.replace(";", ","))
+    if "${" in defines:
+        raise ValueError(f"CMakeLists.txt: the CUDA definitions {defines!r} use a variable this check does not know")
+    # The quotes stay: they make a value a string literal, and nvcc would split an unquoted value at its commas.
+    flags += [f"-D{d}" for d in defines.split()]
     flags += ["-Xcompiler=-fPIC", "-Xcompiler=-fvisibility=hidden", f"-I{root / 'csrc'}"]
     return [int(a) for a in archs.split(";")], flags
 
