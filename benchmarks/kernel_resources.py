@@ -528,18 +528,38 @@ def _bytes(n: int) -> str:
     return f"{n / 1024:.1f} KiB" if n >= 1024 else f"{n} B"
 
 
+def _merged(values: list[str]) -> str:
+    return " / ".join(dict.fromkeys(values))
+
+
 def markdown(rows: list[TritonRow], follower: dict[tuple[str, int], Resources] | None) -> str:
-    lines = [
-        "| kernel | branch | input dtype | vocab | launch | arch | registers | spills (stack + local) | shared |",
-        "|---|---|---|---|---|---|---:|---:|---:|",
-    ]
+    """One row per kernel, branch and launch; the dtypes and vocabularies that compile to the same resources share it.
+
+    Each arch column reads registers / local memory per thread (spills) / shared memory per block.
+    """
+    archs = sorted({row.arch for row in rows})
+    groups: dict[tuple, list[TritonRow]] = {}
+    by_case: dict[tuple, dict[int, Resources]] = {}
     for row in rows:
-        r = row.resources
-        vocab = f"{row.case.vocab:,}" if row.case.vocab else "-"
-        lines.append(
-            f"| {row.case.kernel} | {row.case.branch} | {row.case.dtype} | {vocab} | `{row.launch}` | sm_{row.arch} "
-            f"| {r.registers} | {r.stack + r.local} B | {_bytes(r.shared + r.static_shared)} |"
+        by_case.setdefault((row.case, row.launch), {})[row.arch] = row.resources
+    for (case, launch), per_arch in by_case.items():
+        usage = tuple(
+            (r.registers, r.stack + r.local, r.shared + r.static_shared) for r in (per_arch[a] for a in archs)
         )
+        groups.setdefault((case.kernel, case.branch, launch, usage), []).append(
+            TritonRow(case, 0, launch, per_arch[archs[0]])
+        )
+    lines = [
+        "| kernel | branch | input dtypes | vocabularies | launch | "
+        + " | ".join(f"sm_{a}: regs / spill / shared" for a in archs)
+        + " |",
+        "|---|---|---|---|---|" + "---:|" * len(archs),
+    ]
+    for (kernel, branch, launch, usage), members in groups.items():
+        dtypes = _merged([m.case.dtype for m in members])
+        vocabs = _merged([f"{m.case.vocab:,}" for m in members if m.case.vocab]) or "-"
+        cells = " | ".join(f"{regs} / {spill} B / {_bytes(shared)}" for regs, spill, shared in usage)
+        lines.append(f"| {kernel} | {branch} | {dtypes} | {vocabs} | `{launch}` | {cells} |")
     if follower:
         lines += [
             "",
