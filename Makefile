@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test lint bench gpu-check kernel-resources clean
 
 $(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*)
 	bash scripts/setup.sh "$(PYTHON)" "$(VENV)"
@@ -23,6 +23,14 @@ test: setup
 bench: setup
 	$(PY) benchmarks/bench_follower.py
 	$(PY) benchmarks/bench_losses.py
+
+# On a machine with a CUDA GPU: the device tests and benchmarks, into gpu_check.md (under 10 minutes on one H100).
+gpu-check: setup
+	$(PY) scripts/gpu_check.py --out gpu_check.md
+
+# Registers, spills and shared memory of every kernel for sm_80 and sm_90; needs no GPU.
+kernel-resources: setup
+	$(PY) benchmarks/kernel_resources.py --out kernel_resources.md
 
 clean:
 	rm -rf build $(VENV)

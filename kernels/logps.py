@@ -81,8 +81,20 @@ def _token_logps_bwd_kernel(
         tl.store(out + offs, dx.to(out_ptr.dtype.element_ty), mask=in_row)
 
 
+def launch_block_v(n_cols: int) -> int:
+    """The vocabulary block both logps kernels launch with for a vocabulary of ``n_cols``.
+
+    A pure function of the vocabulary so that the ahead-of-time compile check (``benchmarks/kernel_resources.py``)
+    compiles the blocks real launches use. Capped at 4096 (16 values per thread at 8 warps), which bounds the
+    registers a block needs whatever the vocabulary.
+    """
+    if n_cols < 1:
+        raise ValueError(f"n_cols: expected a vocabulary size >= 1, got {n_cols}")
+    return min(triton.next_power_of_2(n_cols), 4096)
+
+
 def _block_v(n_cols: int, block_v: int | None) -> int:
-    return block_v if block_v is not None else min(triton.next_power_of_2(n_cols), 4096)
+    return block_v if block_v is not None else launch_block_v(n_cols)
 
 
 def _unit_vocab_stride(logits: torch.Tensor) -> torch.Tensor:

@@ -144,6 +144,23 @@ def _preference_kernel(
     tl.store(grad_rejected_ptr + offs, d_l, mask=live)
 
 
+# Elements of one program's (pairs x pieces) tile: 8 per thread at the default 4 warps. A 1024 x 8 tile (K = 6) took
+# all 255 registers and spilled on sm_80 and sm_90 (benchmarks/kernel_resources.py).
+_TILE_ELEMENTS = 1024
+
+
+def launch_blocks(n_pieces: int) -> tuple[int, int]:
+    """(BLOCK, BLOCK_K): pairs per program and the padded number of worst-case pieces that the kernel launches with.
+
+    A pure function of the number of pieces so that the ahead-of-time compile check
+    (``benchmarks/kernel_resources.py``) compiles the blocks real launches use.
+    """
+    if n_pieces < 1:
+        raise ValueError(f"n_pieces: expected a number of worst-case pieces >= 1, got {n_pieces}")
+    block_k = triton.next_power_of_2(n_pieces)
+    return max(1, _TILE_ELEMENTS // block_k), block_k
+
+
 def _f32(tensor: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
     # Absent inputs are never read (their constexpr switch is off); any float32 pointer will do.
     return like if tensor is None else tensor.to(torch.float32).contiguous()
@@ -165,13 +182,13 @@ def preference_pair_losses(
     beta: float,
     label_smoothing: float,
     space: str,
-    block: int = 1024,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-pair (loss, d loss / d chosen, d loss / d rejected), float32 (B,); arguments already validated."""
     chosen = chosen.to(torch.float32).contiguous()
     n_pairs = chosen.shape[0]
     losses, grad_chosen, grad_rejected = (torch.empty_like(chosen) for _ in range(3))
     n_pieces = wc_weights.shape[1] if wc_weights is not None else 1
+    block, block_k = launch_blocks(max(n_pieces, 1))
     if n_pairs:
         grid = (triton.cdiv(n_pairs, block),)
         _preference_kernel[grid](
@@ -199,6 +216,6 @@ def preference_pair_losses(
             HAS_PAIR_WEIGHTS=pair_weights is not None,
             HAS_LENGTHS=chosen_lengths is not None,
             BLOCK=block,
-            BLOCK_K=triton.next_power_of_2(max(n_pieces, 1)),
+            BLOCK_K=block_k,
         )
     return losses, grad_chosen, grad_rejected
