@@ -7,8 +7,9 @@ as ``chosen`` and the worst as ``rejected`` (prompts whose samples all score equ
     {"index": 17, "prompt": ..., "chosen": ..., "rejected": ..., "chosen_score": 0.82, "rejected_score": 0.1,
      "scores": [...], "judge": "warmth"}
 
-Work is done in chunks of prompts, each written atomically under ``OUT.parts/`` with the settings it was made with, so
-a killed ``sgpo label`` resumes without resampling a finished chunk; the parts are removed once ``OUT`` is written.
+Work is done in chunks of prompts, each written atomically under ``OUT.parts/`` with the sampling settings it was made
+with, so a killed ``sgpo label`` resumes without resampling a finished chunk (a changed judge or budget rescores or
+extends what is there); the parts are removed once ``OUT`` is written.
 Every sample and its score also go to ``OUT.samples.jsonl`` (``OUT`` without ``.jsonl``), so the same responses can
 be judged again by another judge, and a summary to ``OUT.json``.
 Every option is checked before any model loads.
@@ -59,10 +60,18 @@ class LabelSettings:
             raise ValueError(f"--batch-size, --chunk: expected integers >= 1, got {self.batch_size}, {self.chunk}")
         return self
 
-    def key(self, prompts: Sequence[Any]) -> str:
-        digest = hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode())
-        digest.update(json.dumps(list(prompts), sort_keys=True).encode())
-        return digest.hexdigest()[:16]
+    def sample_key(self, prompts: Sequence[Any], start: int) -> str:
+        """What a chunk's samples depend on: the sampling settings and the chunk's prompts with their indices."""
+        sampling = {k: getattr(self, k) for k in ("model", "samples", "max_new_tokens", "temperature", "seed")}
+        sampling["batch_size"] = self.batch_size
+        return _digest([sampling, start, list(prompts)])
+
+    def judge_key(self) -> str:
+        return _digest([self.judge, self.judge_options])
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def best_worst_pair(prompt: Any, samples: Sequence[str], scores: Sequence[float]) -> dict[str, Any] | None:
@@ -94,13 +103,18 @@ def label(settings: LabelSettings, out: str | Path, *, progress: bool = True, th
     from sgpo.models import resolve_model
 
     resolve_model(settings.model)
-    key = settings.key(prompts)
     summary_path = out.with_name(out.name[: -len(".jsonl")] + ".json")
-    if out.is_file() and summary_path.is_file() and files.read_json(summary_path).get("key") == key:
+    if out.is_file() and summary_path.is_file() and files.read_json(summary_path).get("settings") == asdict(settings):
         # a finished job with these settings: nothing to redo
         return files.read_json(summary_path)
     parts = out.with_name(out.name + ".parts")
     n_chunks = (len(prompts) + settings.chunk - 1) // settings.chunk
+    # samples of an earlier finished job with the same sampling settings (a smaller budget, another judge)
+    known: dict[int, tuple[Any, list[str]]] = {}
+    if summary_path.is_file() and samples_path(out).is_file():
+        earlier = LabelSettings(**files.read_json(summary_path)["settings"])
+        if earlier.sample_key([], 0) == settings.sample_key([], 0):
+            known = {r["index"]: (r["prompt"], r["samples"]) for r in files.read_jsonl(samples_path(out))}
     model = tokenizer = None
     from tqdm.auto import tqdm
 
@@ -108,33 +122,35 @@ def label(settings: LabelSettings, out: str | Path, *, progress: bool = True, th
     for c in tqdm(range(n_chunks), desc="label", unit="chunk", disable=not progress):
         path = parts / f"part_{c:05d}.json"
         lo, hi = c * settings.chunk, min(len(prompts), (c + 1) * settings.chunk)
-        if path.is_file():
-            part = files.read_json(path)
-            if part.get("key") == key:
-                chunks.append(part)
-                continue
-        if model is None:
-            model, tokenizer = _load(settings.model, threads)
-        from sgpo.generation import generate_responses
+        key = settings.sample_key(prompts[lo:hi], lo)
+        part = files.read_json(path) if path.is_file() else {}
+        if part.get("sample_key") != key:
+            reused = {i: known[i][1] for i in range(lo, hi) if i in known and known[i][0] == prompts[i]}
+            missing = [i for i in range(lo, hi) if i not in reused]
+            if missing:
+                if model is None:
+                    model, tokenizer = _load(settings.model, threads)
+                from sgpo.generation import generate_responses
 
-        samples = generate_responses(
-            model,
-            tokenizer,
-            prompts[lo:hi],
-            prompt_indices=list(range(lo, hi)),
-            num_samples=settings.samples,
-            max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature,
-            seed=settings.seed,
-            batch_size=settings.batch_size,
-        )
-        flat_prompts = [p for p, s in zip(prompts[lo:hi], samples, strict=True) for _ in s]
-        scores = np.asarray(judge.scores(flat_prompts, [r for s in samples for r in s]), dtype=np.float64)
-        if scores.shape != (len(flat_prompts),) or not np.all(np.isfinite(scores)):
-            raise ValueError(f"--judge: {settings.judge} gave {scores.shape} scores (or non-finite ones) for "
-                             f"{len(flat_prompts)} responses")  # fmt: skip
-        part = {"key": key, "samples": samples, "scores": scores.reshape(hi - lo, settings.samples).tolist()}
-        files.write_json(path, part)
+                # per-row seeds: sampling only the missing prompts gives what sampling the whole chunk would
+                fresh = generate_responses(
+                    model,
+                    tokenizer,
+                    [prompts[i] for i in missing],
+                    prompt_indices=missing,
+                    num_samples=settings.samples,
+                    max_new_tokens=settings.max_new_tokens,
+                    temperature=settings.temperature,
+                    seed=settings.seed,
+                    batch_size=settings.batch_size,
+                )
+                reused.update(zip(missing, fresh, strict=True))
+            # the samples are saved before the judge runs: a judge that fails does not cost the sampling
+            part = {"sample_key": key, "samples": [reused[i] for i in range(lo, hi)]}
+            files.write_json(path, part)
+        if part.get("judge_key") != settings.judge_key():
+            part.update(judge_key=settings.judge_key(), scores=_score(judge, settings, prompts[lo:hi], part["samples"]))
+            files.write_json(path, part)
         chunks.append(part)
     rows, ties, all_scores, sampled = [], 0, [], []
     for c, part in enumerate(chunks):
@@ -152,7 +168,6 @@ def label(settings: LabelSettings, out: str | Path, *, progress: bool = True, th
     files.write_jsonl(out, rows)
     values = np.asarray(all_scores)
     summary = {
-        "key": key,
         "settings": asdict(settings),
         "prompts": len(prompts),
         "pairs": len(rows),
@@ -165,6 +180,17 @@ def label(settings: LabelSettings, out: str | Path, *, progress: bool = True, th
 
     shutil.rmtree(parts, ignore_errors=True)
     return summary
+
+
+def _score(judge: Any, settings: LabelSettings, prompts: Sequence[Any], samples: list[list[str]]) -> list[list[float]]:
+    flat_prompts = [p for p, s in zip(prompts, samples, strict=True) for _ in s]
+    scores = np.asarray(judge.scores(flat_prompts, [r for s in samples for r in s]), dtype=np.float64)
+    if scores.shape != (len(flat_prompts),) or not np.all(np.isfinite(scores)):
+        raise ValueError(
+            f"--judge: {settings.judge} gave {scores.shape} scores (or non-finite ones) for "
+            f"{len(flat_prompts)} responses"
+        )
+    return scores.reshape(len(samples), settings.samples).tolist()
 
 
 def samples_path(out: str | Path) -> Path:

@@ -159,16 +159,15 @@ def _sample(policy: object, tokenizer: object, prompts: Sequence[object], settin
     ]
 
 
-def baseline_logps(
-    baseline: str, candidates: Sequence[tuple[Sequence[object], Sequence[str]]], cache_dir: Path | None
+def cached_logps(
+    model: str, items: Sequence[tuple[Sequence[object], Sequence[str]]], cache_dir: Path | None
 ) -> list[np.ndarray]:
-    """Log-probs under ``baseline`` of each candidate's (prompts, responses), the baseline loaded once if needed."""
+    """Log-probs under ``model`` of each item's (prompts, responses), cached; the model is loaded once, if at all."""
     out: list[np.ndarray | None] = []
     missing = []
-    for i, (prompts, responses) in enumerate(candidates):
+    for i, (prompts, responses) in enumerate(items):
         digest = hashlib.sha256(json.dumps([list(map(json.dumps, prompts)), list(responses)]).encode())
-        name = f"logps_{_fingerprint(baseline, [], EvalSettings())}_{digest.hexdigest()[:16]}"
-        cache = _cache_file(cache_dir, name)
+        cache = _cache_file(cache_dir, f"logps_{_fingerprint(model, [], EvalSettings())}_{digest.hexdigest()[:16]}")
         if cache is not None and cache.is_file():
             out.append(np.asarray(json.loads(cache.read_text())["logps"]))
         else:
@@ -177,12 +176,40 @@ def baseline_logps(
     if missing:
         from sgpo.models import load_model, load_tokenizer
 
-        tokenizer, model = load_tokenizer(baseline), load_model(baseline, dtype="float32")
+        tokenizer, policy = load_tokenizer(model), load_model(model, dtype="float32")
         for i, cache in missing:
-            values = response_logps(model, tokenizer, *candidates[i])
-            _write_cache(cache, {"model": str(baseline), "logps": values.tolist()})
+            values = response_logps(policy, tokenizer, *items[i])
+            _write_cache(cache, {"model": str(model), "logps": values.tolist()})
             out[i] = values
     return [np.asarray(v) for v in out]
+
+
+def response_lengths(model: str, prompts: Sequence[object], responses: Sequence[str]) -> np.ndarray:
+    """Response tokens (EOS included) of each (prompt, response) under ``model``'s tokenizer, as log-probs count."""
+    from sgpo.models import load_tokenizer
+    from sgpo.pipeline.leader import IGNORE_INDEX, encode
+
+    tokenizer = load_tokenizer(model)
+    rows = [encode(tokenizer, p, r, system_prompt=None, max_length=1 << 30) for p, r in zip(prompts, responses)]
+    return np.array([sum(x != IGNORE_INDEX for x in labels) for _, labels in rows], dtype=np.float64)
+
+
+def annotator_agreement(
+    candidates: Sequence[str], baseline: str, pairs: Sequence[dict], cache_dir: Path | None
+) -> list[dict[str, dict]]:
+    """Each candidate as a self-annotator: the agreement with gold ``pairs`` of its implicit reward against
+    ``baseline`` (the reference), for every variant of :class:`sgpo.pipeline.judges.ImplicitRewardJudge`."""
+    from sgpo.pipeline.annotator import implicit_reward_agreement
+
+    prompts = [p["prompt"] for p in pairs] * 2
+    responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    (reference,) = cached_logps(baseline, [(prompts, responses)], cache_dir)
+    lengths = response_lengths(baseline, prompts, responses).reshape(2, -1)
+    out = []
+    for model in candidates:
+        (own,) = cached_logps(model, [(prompts, responses)], cache_dir)
+        out.append(implicit_reward_agreement(own.reshape(2, -1), reference.reshape(2, -1), lengths))
+    return out
 
 
 def judge_responses(
@@ -228,6 +255,7 @@ def evaluate_models(
     judge: str | None = None,
     judge_options: dict | None = None,
     kl: bool = True,
+    agreement_pairs: Sequence[dict] | None = None,
 ) -> list[ModelResult]:
     """Judge each ``(label, model)`` against ``baseline``; write ``report.md``, ``eval.json`` and the PNGs.
 
@@ -253,7 +281,7 @@ def evaluate_models(
     sampled = [sample_model(model, prompts, settings, cache_dir, logps=kl) for _, model in candidates]
     own = [s[1] for s in sampled] if kl else [None] * len(sampled)
     responses = [s[0] if kl else s for s in sampled]
-    base = baseline_logps(baseline, [(prompts, r) for r in responses], cache_dir) if kl else [None] * len(sampled)
+    base = cached_logps(baseline, [(prompts, r) for r in responses], cache_dir) if kl else [None] * len(sampled)
     results = [
         judge_responses(
             label,
@@ -266,6 +294,10 @@ def evaluate_models(
         )
         for (label, model), r, o, b in zip(candidates, responses, own, base, strict=True)
     ]
+    if agreement_pairs:
+        found = annotator_agreement([m for _, m in candidates], baseline, agreement_pairs, cache_dir)
+        for result, value in zip(results, found, strict=True):
+            result.agreement = value
     write_report(
         output_dir,
         title=title,
@@ -303,6 +335,19 @@ def _run(args: argparse.Namespace) -> int:
     if args.judge is not None:
         check_judge_class(args.judge, "--judge")
     load_eval_prompts(settings.prompts, settings.num_prompts)
+    pairs = None
+    if args.agreement_pairs is not None:
+        from sgpo.pipeline.config import DataConfig
+        from sgpo.pipeline.data import load_table, pairs_from_table
+
+        try:
+            pairs = pairs_from_table(load_table(args.agreement_pairs, kind="seed_pairs"), DataConfig(), "pairs")
+        except (ValueError, FileNotFoundError) as err:
+            raise ValueError(f"--agreement-pairs: {err}") from err
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     found = discover(args.target)
     baseline = args.baseline or found.initial_model or DEFAULT_BASELINE
     output = Path(args.output) if args.output else found.default_output
@@ -317,10 +362,13 @@ def _run(args: argparse.Namespace) -> int:
         judge=args.judge,
         judge_options=options,
         kl=not args.no_kl,
+        agreement_pairs=pairs,
     )
     for r in results:
         c = r.comparison
         kl = f"  KL {r.kl:.2f}" if r.kl is not None else ""
+        if r.agreement:
+            kl += f"  annotator agreement {100 * (r.agreement['sum']['agreement'] or 0):.1f}%"
         print(
             f"{r.label}: score {c.mean_score:.3f} vs {c.baseline_mean_score:.3f} (diff {c.difference.mean:+.3f} "
             f"[{c.difference.low:+.3f}, {c.difference.high:+.3f}])  win rate {100 * r.win.win_rate:.1f}% "
@@ -354,6 +402,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-prompts", type=int, default=None, help="default 64; 256 for --prompts hidden")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default 80; 48 for --prompts hidden")
     parser.add_argument("--no-kl", action="store_true", help="skip the KL estimate (no log-prob passes)")
+    parser.add_argument(
+        "--agreement-pairs",
+        default=None,
+        help="gold pairs (prompt, chosen, rejected): also score each model's implicit reward against the baseline "
+        "as an annotator on them",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--temperature", type=float, default=EvalSettings.temperature)
     parser.add_argument("--seed", type=int, default=EvalSettings.seed)
     parser.add_argument("--batch-size", type=int, default=EvalSettings.batch_size)

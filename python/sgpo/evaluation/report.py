@@ -27,6 +27,8 @@ class ModelResult:
     kl: float | None = None
     kl_stderr: float | None = None
     scores: np.ndarray | None = field(default=None, repr=False)
+    # the model's implicit reward as an annotator: agreement with held-out gold pairs, per variant
+    agreement: dict[str, dict] | None = None
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {"label": self.label, "model": self.model, "mean_score": self.mean_score}
@@ -35,6 +37,8 @@ class ModelResult:
         if self.comparison is not None:
             out["paired"] = self.comparison.to_dict()
         out.update(kl=self.kl, kl_stderr=self.kl_stderr)
+        if self.agreement is not None:
+            out["agreement"] = self.agreement
         if self.scores is not None:
             out["scores"] = [float(x) for x in self.scores]
         return out
@@ -173,6 +177,19 @@ def paired_table(results: Sequence[ModelResult]) -> str:
     return "\n".join(lines)
 
 
+def agreement_table(results: Sequence[ModelResult]) -> str:
+    shown = [r for r in results if r.agreement]
+    variants = list(shown[0].agreement) if shown else []
+    lines = ["| model | " + " | ".join(f"{v} %" for v in variants) + " | pairs |", "|---" * (len(variants) + 2) + "|"]
+    for r in shown:
+        cells = []
+        for v in variants:
+            a = r.agreement[v]
+            cells.append("-" if a["agreement"] is None else f"{_pct(a['agreement'])} ± {_pct(a['stderr'])}")
+        lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {r.agreement[variants[0]]['pairs']} |")
+    return "\n".join(lines)
+
+
 def results_table(results: Sequence[ModelResult]) -> str:
     lines = [
         "| model | win rate % | LC win rate % | wins / ties / losses | mean score | baseline score | mean chars |",
@@ -227,6 +244,14 @@ def write_report(
         if any(r.kl is not None for r in results):
             plot_frontier(results, output_dir / "frontier.png", results[0].baseline_mean_score)
             parts += ["![gold score against KL from the baseline](frontier.png)", ""]
+    if any(r.agreement for r in results):
+        parts += ["## Each model as a self-annotator", "", agreement_table(results), ""]
+        parts += [
+            "How often the model's implicit reward log pi - log pi_baseline ranks held-out gold pairs as gold does "
+            "(annotator ties count 1/2): summed over tokens (the paper), per-token mean, and length-debiased "
+            "(r - alpha len, alpha fitted on these pairs so that chosen and rejected lengths balance).",
+            "",
+        ]
     parts += ["## Win rate against the baseline", "", results_table(results), ""]
     parts += [
         "Win rate: ties count 1/2; ± is the standard error over prompts. LC win rate: the intercept of a logistic "

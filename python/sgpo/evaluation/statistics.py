@@ -114,10 +114,11 @@ def paired_comparison(
 class Agreement:
     """How often an annotator prefers the response a gold judge prefers; pairs gold calls equal are left out."""
 
-    agreement: float
+    # None when gold separates no pair
+    agreement: float | None
     pairs: int
     ties: int
-    stderr: float
+    stderr: float | None
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -149,7 +150,7 @@ def agreement(
     decided = sign != 0
     n = int(decided.sum())
     if n == 0:
-        return Agreement(float("nan"), 0, int(a.size), float("nan"))
+        return Agreement(None, 0, int(a.size), None)
     agree = 0.5 * (1.0 + np.sign((a - b)[decided]) * sign[decided])
     return Agreement(
         agreement=float(agree.mean()),

@@ -76,10 +76,12 @@ def length_debias_alpha(score_diffs: np.ndarray, length_diffs: np.ndarray) -> fl
         return 0.0
     breaks = np.unique(dr[dl != 0] / dl[dl != 0])
     # the gap is constant between breakpoints: probe each interval; it is > 0 below the first breakpoint and < 0
-    # above the last, so it changes sign at exactly one breakpoint, where the pairs tied there contribute 0
+    # above the last, so it changes sign once, at a breakpoint. Of that breakpoint (where the pairs tied there count
+    # 0) and the intervals on either side, take the smallest imbalance, an interval (no ties) when it is as small.
     probes = np.concatenate([[breaks[0] - 1.0], (breaks[:-1] + breaks[1:]) / 2, [breaks[-1] + 1.0]])
-    first_nonpositive = next(k for k, a in enumerate(probes) if gap(float(a)) <= 0)
-    return float(breaks[first_nonpositive - 1])
+    k = next(k for k, a in enumerate(probes) if gap(float(a)) <= 0)
+    candidates = [float(probes[k]), float(probes[k - 1]), float(breaks[k - 1])]
+    return min(candidates, key=lambda a: abs(gap(a)))
 
 
 class ScoreJudge:
@@ -122,6 +124,11 @@ class ImplicitRewardJudge(ScoreJudge):
         self.reward = reward
         self.temperature = 1.0 / context.beta
         self.alpha = 0.0
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether :meth:`calibrate` must see a whole round's scores before they mean anything."""
+        return self.reward == "length_debiased"
 
     @classmethod
     def from_pipeline(cls, context: JudgeContext, reward: str = "sum") -> ImplicitRewardJudge:

@@ -303,9 +303,40 @@ class Run:
         self.barrier()
         return responses
 
+    def annotator(self, model: Any, policy_logps: Any = None) -> Any:
+        """The round's judge (``judge.name``); a ``from_pipeline`` judge scores with ``model`` and the SFT model."""
+        from sgpo.pipeline.judges import JudgeContext, build_judge
+
+        context = JudgeContext(
+            policy_logps=policy_logps or (lambda p, r: self.logps(model, list(p), list(r))),
+            sft_logps=lambda p, r: self.logps(model, list(p), list(r), sft=True),
+            beta=self.cfg.train.beta,
+            lengths=lambda p, r: np.array(
+                [sum(x != -100 for x in labels) for _, labels in self.rows(list(p), list(r))]
+            ),
+        )
+        return build_judge(self.cfg.judge.name, dict(self.cfg.judge.options), context)
+
+    def heldout_agreement(self, t: int, model: Any) -> dict[str, Any] | None:
+        """The annotator's agreement with gold on ``judge.agreement_pairs``, with the policy round ``t`` starts from."""
+        from sgpo.pipeline.annotator import heldout_agreement
+        from sgpo.pipeline.data import load_table, pairs_from_table
+
+        source = self.cfg.judge.agreement_pairs
+        if source is None:
+            return None
+        path = self.round_dir(t) / "agreement.json"
+        if not self.done(path):
+            pairs = pairs_from_table(load_table(source, kind="seed_pairs"), self.cfg.data, source)
+            result = heldout_agreement(self.annotator(model), pairs).to_dict()
+            if self.main:
+                files.write_json(path, result)
+            self.barrier()
+        return files.read_json(path)
+
     def annotate(self, t: int, model: Any, prompts: list[Any], responses: list[list[str]]) -> list[dict[str, Any]]:
         """Stage 2: the judge picks chosen and rejected among each prompt's samples (SPA's self-annotation)."""
-        from sgpo.pipeline.judges import JudgeContext, build_judge
+        from sgpo.pipeline.judges import win_probabilities
 
         path = self.round_dir(t) / "annotations.jsonl"
         if self.done(path):
@@ -319,12 +350,7 @@ class Run:
             seen.update(((json.dumps(x), y), float(v)) for x, y, v in zip(p, r, values, strict=True))
             return values
 
-        context = JudgeContext(
-            policy_logps=policy_logps,
-            sft_logps=lambda p, r: self.logps(model, list(p), list(r), sft=True),
-            beta=self.cfg.train.beta,
-        )
-        judge = build_judge(self.cfg.judge.name, dict(self.cfg.judge.options), context)
+        judge = self.annotator(model, policy_logps)
         per_chunk = max(1, self.cfg.train.per_device_batch_size)
         n_chunks = (len(prompts) + per_chunk - 1) // per_chunk
         sppo = self.cfg.method == "sppo"
@@ -340,7 +366,7 @@ class Run:
                 k = len(responses[i])
                 record: dict[str, Any] = {}
                 if sppo:
-                    record["win_probs"] = [float(x) for x in judge.win_probabilities(prompts[i], responses[i])]
+                    record["win_probs"] = [float(x) for x in win_probabilities(judge, prompts[i], responses[i])]
                 else:
                     record["scores"] = [float(x) for x in scores[offset : offset + k]]
                 keys = [(json.dumps(prompts[i]), r) for r in responses[i]]
@@ -352,6 +378,17 @@ class Run:
 
         parts = self.round_dir(t) / "annotate_parts"
         judged = [r for part in self.chunked(parts, n_chunks, compute, f"annotate r{t}") for r in part]
+        counts: dict[str, Any] = {}
+        if not sppo and getattr(judge, "calibrated", False):
+            # a judge fitted on the whole round (the length-debiased implicit reward); raw scores are kept
+            lengths = judge.lengths(
+                [p for p, rs in zip(prompts, responses) for _ in rs], [r for rs in responses for r in rs]
+            )
+            sizes = np.split(np.asarray(lengths), np.cumsum([len(rs) for rs in responses])[:-1])
+            raw = [np.asarray(record["scores"]) for record in judged]
+            for record, calibrated, n in zip(judged, judge.calibrate(raw, sizes), sizes, strict=True):
+                record.update(raw_scores=record["scores"], scores=calibrated.tolist(), lengths=n.tolist())
+            counts["length_alpha"] = float(getattr(judge, "alpha", 0.0))
         pairs, identical = [], 0
         for prompt, samples, record in zip(prompts, responses, judged, strict=True):
             values = np.asarray(record["win_probs"] if sppo else record["scores"])
@@ -374,11 +411,26 @@ class Run:
             )
         if self.main:
             # the stage's output file is written last: its presence marks the stage done
-            files.write_json(self.round_dir(t) / "annotation_counts.json", {"pairs": len(pairs), "ties": identical})
+            counts.update(pairs=len(pairs), ties=identical)
+            gold = self.gold_judge()
+            if gold is not None:
+                from sgpo.pipeline.annotator import round_agreement
+
+                counts["gold_agreement"] = round_agreement(gold, pairs).to_dict()
+            files.write_json(self.round_dir(t) / "annotation_counts.json", counts)
             files.write_jsonl(path, pairs)
             _remove(parts)
         self.barrier()
         return pairs
+
+    def gold_judge(self) -> Any:
+        """The evaluation's judge where it can score outside a run (the gold preference), else None."""
+        from sgpo.pipeline.judges import build_judge, judge_class
+
+        name = self.cfg.evaluate.judge.name
+        if hasattr(judge_class(name, "evaluate.judge.name"), "from_pipeline"):
+            return None
+        return build_judge(name, dict(self.cfg.evaluate.judge.options), None, option="evaluate.judge.name")
 
     def solve(self, t: int, pairs: list[dict[str, Any]]) -> dict[str, Any]:
         """Stage 3: the follower's worst case in the epsilon-Wasserstein ball over all new margins (DESIGN 1.2)."""
@@ -571,11 +623,16 @@ class Run:
         cfg = self.cfg.evaluate
         if cfg.prompts is None:
             return {}
+        from sgpo.evaluation.sources import TRACKS, load_prompts
         from sgpo.generation import generate_responses
         from sgpo.pipeline.data import load_table, prompts_from_table
         from sgpo.pipeline.judges import build_judge
 
-        prompts = prompts_from_table(load_table(cfg.prompts), self.cfg.data, cfg.prompts)[: cfg.num_prompts]
+        if cfg.prompts in TRACKS:
+            # a generated track's held-out split (the hidden track's open prompts, or verifiable instructions)
+            prompts = load_prompts(cfg.prompts, cfg.num_prompts, split="test", option="evaluate.prompts")
+        else:
+            prompts = prompts_from_table(load_table(cfg.prompts), self.cfg.data, cfg.prompts)[: cfg.num_prompts]
         g = self.cfg.generation
 
         def sample(path: Path, policy: Any) -> list[str]:
@@ -685,6 +742,14 @@ class Run:
             self.say(
                 f"round {t}: {len(prompts)} prompts ({counts['truncated']} truncated, {counts['skipped']} skipped)"
             )
+            held = self.heldout_agreement(t, model)
+            if held is not None:
+                metrics["annotator"] = {"heldout": held}
+                if held["agreement"] is not None:
+                    self.say(
+                        f"round {t}: the annotator agrees with gold on {100 * held['agreement']:.1f}% "
+                        f"(± {100 * held['stderr']:.1f}) of {held['pairs']} held-out pairs"
+                    )
             clock = time.perf_counter()
             responses = self.generate(t, model, prompts)
             timings["generate"] = time.perf_counter() - clock
@@ -692,6 +757,11 @@ class Run:
             pairs = self.annotate(t, model, prompts, responses)
             timings["annotate"] = time.perf_counter() - clock
             annotation = files.read_json(round_dir / "annotation_counts.json")
+            if "gold_agreement" in annotation:
+                metrics.setdefault("annotator", {})["round"] = annotation.pop("gold_agreement")
+                value = metrics["annotator"]["round"]["agreement"]
+                if value is not None:
+                    self.say(f"round {t}: the gold judge agrees with {100 * value:.1f}% of the round's labels")
             metrics["data"] = {**counts, **annotation, "mean_margin": float(np.mean([p["margin"] for p in pairs]))}
             extra: dict[str, Any] = {}
             if self.cfg.method == "ssapo":

@@ -1,0 +1,115 @@
+"""Paired statistics: the bootstrap interval on known cases, win rates, annotator agreement, length debiasing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sgpo.evaluation.statistics import agreement, bootstrap_mean, paired_comparison
+from sgpo.pipeline.annotator import implicit_reward_agreement
+from sgpo.pipeline.judges import ImplicitRewardJudge, JudgeContext, length_debias_alpha
+
+
+def test_bootstrap_interval_of_a_known_mean() -> None:
+    # +-1 with equal counts: mean 0, standard error 1/sqrt(n) = 0.05; the 95% interval is about +-1.96 se
+    values = np.array([1.0, -1.0] * 200)
+    interval = bootstrap_mean(values)
+    assert interval.mean == 0.0
+    assert interval.low == pytest.approx(-0.098, abs=0.012) and interval.high == pytest.approx(0.098, abs=0.012)
+    assert not interval.excludes_zero()
+    shifted = bootstrap_mean(values + 0.3)
+    assert shifted.excludes_zero() and shifted.low == pytest.approx(interval.low + 0.3)
+    constant = bootstrap_mean(np.full(10, 0.25))
+    assert (constant.low, constant.mean, constant.high) == (0.25, 0.25, 0.25)
+    assert bootstrap_mean(values, seed=1) != bootstrap_mean(values, seed=2)
+    assert bootstrap_mean(values) == bootstrap_mean(values)
+
+
+def test_bootstrap_rejects_bad_input() -> None:
+    with pytest.raises(ValueError, match="values: expected a non-empty 1-D"):
+        bootstrap_mean([])
+    with pytest.raises(ValueError, match="values: expected finite"):
+        bootstrap_mean([1.0, float("nan")])
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_mean([1.0], level=1.0)
+
+
+def test_paired_comparison_counts_wins_ties_and_losses() -> None:
+    model = np.array([0.9, 0.5, 0.1, 0.7])
+    base = np.array([0.1, 0.5, 0.3, 0.2])
+    c = paired_comparison(model, base)
+    assert c.n == 4 and c.mean_score == pytest.approx(0.55) and c.baseline_mean_score == pytest.approx(0.275)
+    assert c.win_rate.mean == pytest.approx((1 + 0.5 + 0 + 1) / 4)
+    assert c.difference.mean == pytest.approx(0.275)
+    assert c.difference.low <= c.difference.mean <= c.difference.high
+    with pytest.raises(ValueError, match="candidate, baseline"):
+        paired_comparison(model, base[:3])
+
+
+def test_agreement_with_gold_labels_and_gold_scores() -> None:
+    a = agreement([2.0, 1.0, 0.0, 1.0], [1.0, 2.0, 0.0, 0.0])
+    # agrees, disagrees, ties (1/2), agrees
+    assert a.agreement == pytest.approx(2.5 / 4) and a.pairs == 4 and a.ties == 0
+    g = agreement([1.0, 1.0, 1.0], [0.0, 0.0, 0.0], gold_chosen=[1.0, 0.0, 0.5], gold_rejected=[0.0, 1.0, 0.5])
+    assert g.agreement == 0.5 and g.pairs == 2 and g.ties == 1
+    assert agreement([1.0], [0.0], [0.3], [0.3]).agreement is None
+
+
+def test_length_debias_alpha_balances_chosen_and_rejected_lengths() -> None:
+    rng = np.random.default_rng(0)
+    dl = rng.integers(-30, 30, size=400).astype(float)
+    # an annotator that mostly prefers length: dr = 0.2 * dl + noise
+    dr = 0.2 * dl + rng.normal(scale=1.0, size=400)
+    assert np.mean(np.sign(dr) * dl) > 5
+    alpha = length_debias_alpha(dr, dl)
+    gap = np.mean(np.sign(dr - alpha * dl) * dl)
+    # balanced up to one breakpoint's pair: every other alpha leaves a larger imbalance
+    assert abs(gap) <= np.abs(dl).max() / len(dl)
+    assert alpha == pytest.approx(0.2, abs=0.03)
+    assert length_debias_alpha(np.array([1.0, -1.0]), np.zeros(2)) == 0.0
+
+
+def test_length_debiased_annotator_on_a_constructed_case() -> None:
+    # the true preference is the token "good", half the time on the shorter response and half on the longer; the
+    # trained policy also likes length, so the summed log-ratio picks the longer response of every pair (50%
+    # agreement); fitting alpha so that chosen and rejected lengths balance recovers the preference
+    responses = []
+    for i in range(40):
+        good, bad = ("good " * 2, "bad " * 10) if i % 4 < 2 else ("good " * 10, "bad " * 2)
+        responses.append((good, bad) if i % 2 else (bad, good))
+    flat = [r for pair in responses for r in pair]
+    lengths = np.array([len(r.split()) for r in flat], dtype=float)
+    ratio = np.array([0.5 * len(r.split()) + (2.0 if "good" in r else 0.0) for r in flat])
+    context = JudgeContext(
+        policy_logps=lambda p, r: ratio[list(p)], sft_logps=lambda p, r: np.zeros(len(p)), beta=0.1,
+        lengths=lambda p, r: lengths[list(p)],
+    )  # fmt: skip
+    summed = ImplicitRewardJudge(context, "sum")
+    debiased = ImplicitRewardJudge(context, "length_debiased")
+    indices = list(range(len(flat)))
+    raw = summed.scores(indices, flat)
+    groups = [raw[2 * i : 2 * i + 2] for i in range(40)]
+    sizes = [lengths[2 * i : 2 * i + 2] for i in range(40)]
+    picks_summed = [int(np.argmax(g)) for g in groups]
+    picks_debiased = [int(np.argmax(g)) for g in debiased.calibrate(groups, sizes)]
+    good = [0 if "good" in pair[0] else 1 for pair in responses]
+    assert np.mean(np.array(picks_summed) == good) == 0.5
+    assert np.mean(np.array(picks_debiased) == good) == 1.0
+    # any alpha strictly between the two kinds of pairs' breakpoints (0.25 and 0.75) separates them
+    assert 0.25 < debiased.alpha < 0.75
+    # the same fit from precomputed gold-pair log-probs (chosen = "good")
+    chosen = np.array([flat[2 * i + g] for i, g in enumerate(good)])
+    rejected = np.array([flat[2 * i + 1 - g] for i, g in enumerate(good)])
+    logp = np.array([[0.5 * len(r.split()) + 2.0 * ("good" in r) for r in side] for side in (chosen, rejected)])
+    size = np.array([[len(r.split()) for r in side] for side in (chosen, rejected)], dtype=float)
+    found = implicit_reward_agreement(logp, np.zeros_like(logp), size)
+    assert found["sum"]["agreement"] == 0.5 and found["length_debiased"]["agreement"] == 1.0
+    # per-token mean: 0.5 + 2 / length for "good ..." against 0.5 for "bad ...": the mean agrees too
+    assert found["mean"]["agreement"] == 1.0
+
+
+def test_implicit_reward_options_are_checked() -> None:
+    context = JudgeContext(policy_logps=lambda p, r: np.zeros(len(p)), sft_logps=lambda p, r: np.zeros(len(p)), beta=1)
+    with pytest.raises(ValueError, match="judge.options.reward: expected one of sum, mean, length_debiased"):
+        ImplicitRewardJudge(context, "median")
+    with pytest.raises(ValueError, match="judge.options.reward: 'mean' needs response lengths"):
+        ImplicitRewardJudge(context, "mean")
