@@ -104,7 +104,7 @@ def is_sharded(accelerator: Any) -> bool:
 def head_sequence_logps(
     head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100
 ) -> torch.Tensor:
-    """:func:`sgpo.ops.fused_linear_sequence_logps` of ``hidden`` through the linear ``head``, run as ``head``'s forward.
+    """:func:`sgpo.ops.fused_linear_sequence_logps` of ``hidden`` through the linear ``head``, as ``head``'s forward.
 
     Under FSDP2 the head's weight is a shard between forward calls; inside the head's own call FSDP has gathered it,
     and the hooks it registers there reduce-scatter the weight's gradient after the backward. Without sharding this
@@ -219,9 +219,7 @@ class ShardedTrainState:
         model_state, optim_state = get_state_dict(model, inner, options=options)
         state = {"model": model_state, "optim": optim_state}
         dcp.load(state, checkpoint_id=str(latest))
-        set_state_dict(
-            model, inner, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options
-        )
+        set_state_dict(model, inner, model_state_dict=state["model"], optim_state_dict=state["optim"], options=options)
         rng = load_file(str(latest / f"rng_{dist.get_rank()}.safetensors"))
         torch.set_rng_state(rng["cpu"])
         cuda = [rng[k] for k in sorted(k for k in rng if k.startswith("cuda."))]
