@@ -219,7 +219,8 @@ class ShardedTrainState:
             raise ValueError(
                 f"{latest}: saved for a round of {meta['shape']}, this round is {shape}; delete {self.path} to retrain"
             )
-        options = StateDictOptions(ignore_frozen_params=True)
+        # frozen weights are not in the state (the base model holds them); dcp.load fails on any trainable one missing
+        options = StateDictOptions(ignore_frozen_params=True, strict=False)
         inner = _unwrap(optimizer)
         model_state, optim_state = get_state_dict(model, inner, options=options)
         state = {"model": model_state, "optim": optim_state}
