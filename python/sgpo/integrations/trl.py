@@ -31,6 +31,7 @@ import torch
 from packaging.specifiers import SpecifierSet
 
 import sgpo
+from sgpo.pipeline.distributed import enable_cpu_fsdp, head_sequence_logps
 from sgpo.reference import LOSS_TYPES, SPACES, PreferenceLosses
 
 try:
@@ -275,6 +276,19 @@ class SGPODPOTrainer(DPOTrainer):
         if self._sgpo_columns:
             self.data_collator = _WithLossColumns(self.data_collator, self._sgpo_columns)
 
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        # accelerate runs DDP on CPU whatever the FSDP settings; sgpo turns its FSDP2 path on there
+        plugin_args = self.args.fsdp_plugin_args
+        if plugin_args is not None:
+            from accelerate.utils import FullyShardedDataParallelPlugin
+
+            plugin = FullyShardedDataParallelPlugin(**plugin_args)
+        else:
+            plugin = None
+        if enable_cpu_fsdp(self.accelerator, plugin):
+            self.is_fsdp_enabled = True
+
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
         extra = [c for c in self._sgpo_columns.values() if c not in self._signature_columns]
@@ -305,7 +319,7 @@ class SGPODPOTrainer(DPOTrainer):
             outputs = model(**model_kwargs, logits_to_keep=1, output_hidden_states=True)
             hidden = outputs.hidden_states[-1][:, -(seq_len + 1) : -1]
             head = self.accelerator.unwrap_model(model).get_output_embeddings()
-            logps = sgpo.ops.fused_linear_sequence_logps(hidden, head.weight, labels[:, 1:], bias=head.bias)
+            logps = head_sequence_logps(head, hidden, labels[:, 1:])
         chosen_logps, rejected_logps = logps.chunk(2, dim=0)
 
         if self.precompute_ref_logps:

@@ -24,6 +24,7 @@ from torch import nn
 
 import sgpo.ops
 from sgpo.generation import format_prompt
+from sgpo.pipeline.distributed import head_sequence_logps
 
 IGNORE_INDEX = -100
 
@@ -78,11 +79,15 @@ class SequenceScorer(nn.Module):
         labelled = (labels != IGNORE_INDEX).any(0).nonzero()
         start = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
         hidden, labels = hidden[:, start:], labels[:, start:]
-        fused = getattr(sgpo.ops, "fused_linear_sequence_logps", None)
-        # ZeRO-3 gathers the head's weight only inside the head's own forward, so there it must be called as a module
-        if fused is not None and not hasattr(head.weight, "ds_id"):
-            return fused(hidden, head.weight, labels, bias=head.bias, ignore_index=IGNORE_INDEX)
+        # ZeRO-3 swaps the head's weight for a gathered one only inside its own forward: there the plain head runs
+        if not hasattr(head.weight, "ds_id"):
+            return head_sequence_logps(head, hidden, labels, ignore_index=IGNORE_INDEX)
         return sgpo.ops.sequence_logps(head(hidden), labels, ignore_index=IGNORE_INDEX)
+
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        # accelerate's FSDP wrap policy reads the decoder layer classes from the module it prepares
+        return getattr(self._base(), "_no_split_modules", None)
 
 
 @dataclass

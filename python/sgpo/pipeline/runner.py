@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from sgpo.pipeline import files
+from sgpo.pipeline import distributed, files
 from sgpo.pipeline.config import RunConfig, bundled_configs, load_config
 from sgpo.pipeline.data import RunData, fit_prompts, prepare_data
 from sgpo.pipeline.leader import spa_smoothing
@@ -42,6 +42,8 @@ class Run:
 
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
+        distributed.check_backends(cfg.generation.backend)
+        distributed.prepare_environment()
         if cfg.threads is not None:
             torch.set_num_threads(cfg.threads)
         mixed = cfg.train.mixed_precision
@@ -55,6 +57,7 @@ class Run:
             log_with=cfg.logging.report_to or None,
             project_dir=str(self.out),
         )
+        distributed.enable_cpu_fsdp(self.accelerator)
 
     @property
     def main(self) -> bool:
@@ -149,10 +152,12 @@ class Run:
         return list(range(total - count, total))
 
     def save_checkpoint(self, model: Any, t: int) -> None:
+        # sharded weights are gathered by every process together, then written by the main one
+        state_dict = distributed.full_state_dict(model) if distributed.is_sharded(self.accelerator) else None
         if self.main:
             unwrapped = self.accelerator.unwrap_model(model)
             with files.atomic_dir(self.round_dir(t) / "checkpoint") as staging:
-                unwrapped.save_pretrained(staging, safe_serialization=True)
+                unwrapped.save_pretrained(staging, safe_serialization=True, state_dict=state_dict)
                 self.tokenizer.save_pretrained(staging)
         self.barrier()
 
@@ -271,9 +276,8 @@ class Run:
     def use_vllm(self) -> bool:
         from sgpo.generation import vllm_available
 
+        # an unusable 'vllm' was refused before any model loaded (distributed.check_backends)
         backend = self.cfg.generation.backend
-        if backend == "vllm" and not vllm_available():
-            raise ValueError("generation.backend: 'vllm' needs vLLM installed and a CUDA device")
         return backend == "vllm" or (backend == "auto" and vllm_available())
 
     def generate_vllm(self, t: int, model: Any, prompts: list[Any], seed: int) -> list[list[str]]:
@@ -544,10 +548,13 @@ class Run:
         partial = round_dir / "train_log.partial.jsonl"
         # a training state saved mid-round (train.save_steps) is resumed from; the step rows up to it are kept
         every = train.save_steps
-        if every and self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
-            # sharded parameters and optimizer state would need every process's shard; a round reruns instead
+        if every and self.accelerator.distributed_type.value == "DEEPSPEED":
+            # ZeRO's partitioned state is saved through its engine, which this loop does not drive; a round reruns
             every = None
-        state = TrainState(round_dir / "train_state.safetensors", every=every, main=self.main)
+        if distributed.is_sharded(self.accelerator):
+            state: Any = distributed.ShardedTrainState(round_dir / "train_state", every=every, main=self.main)
+        else:
+            state = TrainState(round_dir / "train_state.safetensors", every=every, main=self.main)
         saved_step = state.saved_step()
         steps: list[dict[str, Any]] = []
         if saved_step and partial.is_file():
