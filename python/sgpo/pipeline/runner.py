@@ -79,6 +79,11 @@ class Run:
             broadcast_object_list(answer, from_process=0)
         return answer[0]
 
+    def drop_parts(self, parts: Path) -> None:
+        """A finished stage's part files, left behind when a kill came between its output and their removal."""
+        if self.main:
+            _remove(parts)
+
     def round_dir(self, t: int) -> Path:
         return self.out / f"round_{t}"
 
@@ -241,6 +246,7 @@ class Run:
         g = self.cfg.generation
         path = self.round_dir(t) / "generations.jsonl"
         if self.done(path):
+            self.drop_parts(self.round_dir(t) / "generate_parts")
             return [r["responses"] for r in files.read_jsonl(path)]
         seed = self.cfg.seed * 1000 + t
         if self.use_vllm():
@@ -344,6 +350,7 @@ class Run:
 
         path = self.round_dir(t) / "annotations.jsonl"
         if self.done(path):
+            self.drop_parts(self.round_dir(t) / "annotate_parts")
             return files.read_jsonl(path)
         # log pi_t of every response the judge scores, kept with the pairs: pi_t is also the leader's reference, so
         # update reuses them instead of a second forward pass
@@ -643,7 +650,9 @@ class Run:
         g = self.cfg.generation
 
         def sample(path: Path, policy: Any) -> list[str]:
-            if not self.done(path):
+            if self.done(path):
+                self.drop_parts(path.parent / f"{path.stem}_parts")
+            else:
                 per_chunk = max(1, g.batch_size)
                 n_chunks = (len(prompts) + per_chunk - 1) // per_chunk
 
