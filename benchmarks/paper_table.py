@@ -1,10 +1,17 @@
-"""The claims of SGPO/SSAPO tested at small scale: SmolLM2-135M-Instruct, the bundled gold data, the verifiable judge.
+"""The claims of SGPO/SSAPO tested at small scale: SmolLM2-135M-Instruct, the bundled gold data, a gold judge.
 
-Each row is one or more ``sgpo run default ...`` calls (the README's default recipe with the overrides listed in
-:func:`variants`), then ``sgpo eval`` of the last round's policy against the initial model on the held-out test prompts.
-Prints the markdown table for README "Results" and writes it, with every number, to ``--out``.
+Each row is one or more ``sgpo run`` calls (the task's recipe with the overrides listed in :func:`variants`), then
+``sgpo eval`` of the last round's policy against the initial model on the held-out prompts. Prints the markdown table
+for README "Results" and writes it, with every number, to ``--out``. Two tracks (``--task``):
 
-    python benchmarks/paper_table.py                      # every row, seeds 1 and 2, 2 jobs (69 min on 2 cores)
+- ``verifiable``: the ``default`` recipe, verifiable instructions judged by :class:`sgpo.evaluation.VerifiableJudge`;
+- ``hidden:<rubric>``: the ``hidden`` recipe, open prompts judged by a rubric of :mod:`sgpo.evaluation.rubrics`; the
+  seed is the first ``--seed-size`` pairs of the bundled pool, the 100% gold row adds the gold pairs of every prompt
+  the rounds see (made once with ``sgpo label`` and cached), and evaluations report paired score differences with
+  bootstrap intervals, KL and the annotator's agreement with held-out gold pairs.
+
+    python benchmarks/paper_table.py                      # verifiable, every row, seeds 1 and 2, 2 jobs (69 min)
+    python benchmarks/paper_table.py --task hidden:warmth --quick   # rows 1-5, one seed
     python benchmarks/paper_table.py --rows 2 5 8 --seeds 1 2 3
 
 Jobs run side by side as separate processes with one thread each. Runs resume: a finished run directory and its
@@ -73,7 +80,7 @@ class Variant:
         return "flip_dpo" if self.seed_pairs == "flipped" else "dpo_seed"
 
 
-def variants() -> list[Variant]:
+def variants(gold_judge: str = "verifiable") -> list[Variant]:
     v = [
         Variant(2, "dpo_seed", "DPO, seed only", tuple(DPO)),
         Variant(3, "dpo_gold", "DPO, 100% gold labels (seed + the rounds' prompts)", tuple(DPO), seed_pairs="gold"),
@@ -91,12 +98,12 @@ def variants() -> list[Variant]:
         Variant(
             6,
             "sppo",
-            "SPPO, verifiable judge as preference model (K = 5)",
+            f"SPPO, the gold judge ({gold_judge}) as preference model on every sample (K = 5)",
             # SPPO starts from the instruct model itself, as in its paper: no DPO round on the seed
             (
                 "method=sppo",
                 "train.loss_type=sppo",
-                "judge.name=verifiable",
+                f"judge.name={gold_judge}",
                 "generation.num_samples=5",
                 "round0.enabled=false",
             ),
@@ -118,17 +125,69 @@ def bundled(name: str) -> Path:
     return Path(str(resources.files("sgpo") / "data" / name))
 
 
-def flipped_seed(out: Path, seed: int) -> Path:
-    """The bundled seed pairs with a seeded 25% of their chosen/rejected swapped."""
-    rows = read_jsonl(bundled("default_seed_pairs.jsonl"))
+def flipped_seed(out: Path, seed: int, source: Path | None = None) -> Path:
+    """The seed pairs (default: the bundled verifiable seed) with a seeded 25% of their chosen/rejected swapped."""
+    rows = read_jsonl(source or bundled("default_seed_pairs.jsonl"))
     flip = np.random.default_rng(seed).permutation(len(rows))[: int(round(FLIP_FRACTION * len(rows)))]
     for i in flip:
         r = rows[int(i)]
         r["chosen"], r["rejected"] = r["rejected"], r["chosen"]
         r["chosen_score"], r["rejected_score"] = r.get("rejected_score"), r.get("chosen_score")
-    path = out / f"seed_flipped_{seed}.jsonl"
+    path = out / f"seed_flipped_{seed}{'_' + source.stem if source else ''}.jsonl"
     write_jsonl(path, rows)
     return path
+
+
+@dataclass(frozen=True)
+class Task:
+    """Which track a table runs: its recipe, gold judge, seed, 100% gold pairs and evaluation options."""
+
+    kind: str
+    rubric: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Task:
+        if text == "verifiable":
+            return cls("verifiable")
+        kind, _, rubric = text.partition(":")
+        from sgpo.evaluation.rubrics import RUBRICS
+
+        if kind != "hidden" or rubric not in RUBRICS:
+            raise ValueError(f"--task: expected 'verifiable' or 'hidden:<{'|'.join(RUBRICS)}>', got {text!r}")
+        return cls("hidden", rubric)
+
+    @property
+    def hidden(self) -> bool:
+        return self.kind == "hidden"
+
+    @property
+    def config(self) -> str:
+        return "hidden" if self.hidden else "default"
+
+    @property
+    def judge(self) -> str:
+        return self.rubric or "verifiable"
+
+    def seed_file(self, out: Path, size: int) -> Path:
+        """The hidden track's seed: the first ``size`` pairs of the rubric's pool (stored in a seeded order)."""
+        pool = read_jsonl(bundled(f"hidden_{self.rubric}_pool.jsonl"))
+        if size > len(pool):
+            raise ValueError(f"--seed-size: the {self.rubric} pool holds {len(pool)} pairs, asked for {size}")
+        path = out / f"seed_{self.rubric}_{size}.jsonl"
+        write_jsonl(path, pool[:size])
+        return path
+
+    def eval_args(self) -> list[str]:
+        if not self.hidden:
+            return []
+        heldout = bundled(f"hidden_{self.rubric}_heldout.jsonl")
+        return ["--prompts", "hidden", "--judge", self.judge, "--agreement-pairs", str(heldout), "--batch-size", "32"]
+
+
+def round_prompts(rounds: int, per_round: int) -> list[str]:
+    """The prompts the hidden recipe's rounds 1..rounds see: the first ``per_round`` of each round in the bundle."""
+    rows = read_jsonl(bundled("hidden_prompts.jsonl"))
+    return [p["prompt"] for t in range(1, rounds + 1) for p in [q for q in rows if q["round"] == t][:per_round]]
 
 
 def gold_pairs(out: Path, rounds: int, per_round: int) -> Path:
@@ -170,13 +229,16 @@ class Table:
         self.results: dict[str, Any] = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
         self.lock = threading.Lock()
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        self.task = Task.parse(args.task)
+        self.max_new_tokens = args.max_new_tokens or (48 if self.task.hidden else 80)
         self.base = [
             f"rounds={args.rounds}",
             f"data.prompts_per_round={args.prompts_per_round}",
             "evaluate.prompts=null",
-            f"generation.max_new_tokens={args.max_new_tokens}",
+            f"generation.max_new_tokens={self.max_new_tokens}",
             "threads=1",
-            *TRAIN_BUDGET,
+            # the hidden recipe's training settings are the pilot's (benchmarks/pilot_hidden.py), kept in hidden.yaml
+            *([] if self.task.hidden else TRAIN_BUDGET),
         ]
 
     def log(self, message: str) -> None:
@@ -198,18 +260,42 @@ class Table:
         output = self.out / "eval" / name
         if not (output / "eval.json").is_file():
             command = [sys.executable, "-m", "sgpo", "eval", model, "--baseline", INITIAL, "--output", str(output)]
-            command += ["--num-prompts", str(a.num_prompts), "--max-new-tokens", str(a.max_new_tokens)]
-            command += ["--cache-dir", str(self.out / "eval" / "responses")]
+            command += ["--num-prompts", str(a.num_prompts), "--max-new-tokens", str(self.max_new_tokens)]
+            command += ["--cache-dir", str(self.out / "eval" / "responses"), *self.task.eval_args()]
             self.call(command, self.out / "logs" / f"eval_{name}.log")
         summary = json.loads((output / "eval.json").read_text())
         return summary["results"][0]
 
     def seed_pairs(self, variant: Variant, seed: int) -> str:
+        if not self.task.hidden:
+            if variant.seed_pairs == "flipped":
+                return str(flipped_seed(self.out, seed))
+            if variant.seed_pairs == "gold":
+                return str(gold_pairs(self.out, self.args.rounds, self.args.prompts_per_round))
+            return variant.seed_pairs
+        base = self.task.seed_file(self.out, self.args.seed_size)
         if variant.seed_pairs == "flipped":
-            return str(flipped_seed(self.out, seed))
+            return str(flipped_seed(self.out, seed, base))
         if variant.seed_pairs == "gold":
-            return str(gold_pairs(self.out, self.args.rounds, self.args.prompts_per_round))
-        return variant.seed_pairs
+            return str(self.hidden_gold(base))
+        return str(base)
+
+    def hidden_gold(self, seed_file: Path) -> Path:
+        """The seed plus the gold pairs of every prompt the rounds see, labelled once by ``sgpo label`` (cached)."""
+        a = self.args
+        with self.lock:
+            prompts = self.out / "gold" / f"round_prompts_{a.rounds}x{a.prompts_per_round}.jsonl"
+            write_jsonl(prompts, [{"prompt": p} for p in round_prompts(a.rounds, a.prompts_per_round)])
+            labelled = self.out / "gold" / f"rounds_{self.task.rubric}_{a.rounds}x{a.prompts_per_round}.jsonl"
+            if not labelled.with_suffix(".json").is_file():
+                command = [sys.executable, "-m", "sgpo", "label", INITIAL, "--judge", self.task.judge, "--prompts"]
+                command += [str(prompts), "--samples", "4", "--budget", str(a.rounds * a.prompts_per_round)]
+                command += ["--max-new-tokens", str(self.max_new_tokens), "--out", str(labelled), "--quiet"]
+                command += ["--threads", "1"]
+                self.call(command, self.out / "logs" / "label_rounds.log")
+            path = self.out / f"gold_{self.task.rubric}_{a.seed_size}+{a.rounds}x{a.prompts_per_round}.jsonl"
+            write_jsonl(path, read_jsonl(seed_file) + read_jsonl(labelled))
+        return path
 
     def job(self, variant: Variant, seed: int, donor: Future | None) -> None:
         key = f"{variant.name}_s{seed}"
@@ -221,7 +307,9 @@ class Table:
             if not (run_dir / "round_0").exists():
                 # round 0 (DPO on the seed) is the same in every run on the same seed pairs: train it once, reuse it
                 shutil.copytree(donor_dir, run_dir / "round_0")
-        command = [sys.executable, "-m", "sgpo", "run", "default", *self.base, *variant.overrides]
+        command = [sys.executable, "-m", "sgpo", "run", self.task.config, *self.base, *variant.overrides]
+        if self.task.hidden:
+            command += ["data.max_seed_pairs=null", f"evaluate.judge.name={self.task.judge}"]
         command += [f"seed={seed}", f"data.seed_pairs={self.seed_pairs(variant, seed)}", f"output_dir={run_dir}"]
         command += ["logging.progress=false"]
         seconds = self.call(command, self.out / "logs" / f"{run_name}.log")
@@ -243,6 +331,10 @@ class Table:
             "call_seconds": seconds,
             "mass_moved": [r["mass_moved"] for r in report["rounds"] if r.get("mass_moved") is not None],
             "run_dir": str(run_dir),
+            "paired": result.get("paired"),
+            "kl": result.get("kl"),
+            "final_agreement": result.get("agreement"),
+            "annotator": annotator_metrics(run_dir),
         }
         with self.lock:
             self.results[key] = entry
@@ -254,10 +346,10 @@ class Table:
         (self.out / "logs").mkdir(exist_ok=True)
         began = time.perf_counter()
         self.results["initial"] = {"mean_score": self.evaluate(INITIAL, "initial")["mean_score"]}
-        chosen = [v for v in variants() if v.row in a.rows]
+        chosen = [v for v in variants(self.task.judge) if v.row in a.rows]
         # donors first, so a run that waits for its round 0 never holds a slot for long
         needed = {v.donor for v in chosen if v.donor}
-        todo = [v for v in variants() if v.name in needed and v not in chosen] + chosen
+        todo = [v for v in variants(self.task.judge) if v.name in needed and v not in chosen] + chosen
         todo.sort(key=lambda v: (v.iterative, v.row))
         futures: dict[str, Future] = {}
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
@@ -283,7 +375,29 @@ class Table:
         self.results_path.write_text(json.dumps(self.results, indent=2) + "\n")
         self.print_table(chosen)
 
+    def print_hidden_table(self, chosen: list[Variant]) -> None:
+        a = self.args
+        lines = [
+            f"| row | method | mean {self.task.judge} score | paired difference vs initial [95% CI] | win rate % "
+            "| KL | annotator agrees with held-out gold % | gold agrees with round labels % | mass moved % | "
+            "train wall time (s) | seeds |",
+            "|---" * 11 + "|",
+        ]
+        if 1 in a.rows:
+            score = self.results["initial"]["mean_score"]
+            lines.append(f"| 1 | initial model ({INITIAL}) | {score:.3f} | - | 50.0 | 0 | - | - | - | 0 | - |")
+        for v in chosen:
+            found = [self.results[f"{v.name}_s{s}"] for s in a.seeds if f"{v.name}_s{s}" in self.results]
+            if found:
+                lines.append(f"| {v.row} | {v.label} | " + " | ".join(hidden_row(found)) + " |")
+        table = "\n".join(lines)
+        (self.out / "table.md").write_text(table + "\n")
+        print(table)
+        print(f"wall time of the table: {self.results['_wall_seconds'] / 60:.1f} min with {a.jobs} jobs")
+
     def print_table(self, chosen: list[Variant]) -> None:
+        if self.task.hidden:
+            return self.print_hidden_table(chosen)
         a = self.args
         lines = [
             "| row | method | win rate % | LC win rate % | mean judge score | self-labels = judge % | mass moved % "
@@ -313,6 +427,47 @@ class Table:
         print(f"wall time of the table: {self.results['_wall_seconds'] / 60:.1f} min with {a.jobs} jobs")
 
 
+def hidden_row(found: list[dict[str, Any]]) -> list[str]:
+    """Cells of one hidden-track row: score, paired difference with its interval, win rate, KL, annotator numbers."""
+    diffs = [r["paired"]["difference"] for r in found]
+    wins = [r["paired"]["win_rate"] for r in found]
+    if len(found) == 1:
+        d, w = diffs[0], wins[0]
+        diff = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+        win = f"{100 * w['mean']:.1f} [{100 * w['low']:.1f}, {100 * w['high']:.1f}]"
+    else:
+        # mean over seeds, with the mean of the per-seed bootstrap intervals' half-widths
+        half = np.mean([(d["high"] - d["low"]) / 2 for d in diffs])
+        diff = f"{np.mean([d['mean'] for d in diffs]):+.3f} ± {half:.3f} (sd {np.std([d['mean'] for d in diffs]):.3f})"
+        win = f"{mean_spread([100 * w['mean'] for w in wins])}"
+    heldout = [r["annotator"]["heldout"][0] for r in found if r.get("annotator", {}).get("heldout")]
+    own = [np.mean(r["annotator"]["round"]) for r in found if r.get("annotator", {}).get("round")]
+    moved = [100 * float(np.mean(r["mass_moved"])) for r in found if r.get("mass_moved")]
+    return [
+        f"{np.mean([r['mean_score'] for r in found]):.3f}",
+        diff,
+        win,
+        f"{np.mean([r['kl'] for r in found]):.2f}",
+        mean_spread(heldout),
+        mean_spread(own),
+        mean_spread(moved),
+        f"{np.mean([r['train_seconds'] for r in found]):.0f}",
+        str(len(found)),
+    ]
+
+
+def annotator_metrics(run_dir: Path) -> dict[str, list[float]]:
+    """Per self-annotating round: the annotator's held-out agreement before it, and gold's agreement with its labels."""
+    out: dict[str, list[float]] = {"heldout": [], "round": []}
+    for path in sorted(run_dir.glob("round_*/metrics.json"), key=lambda p: int(p.parent.name.split("_")[1])):
+        annotator = json.loads(path.read_text()).get("annotator", {})
+        for key in out:
+            value = annotator.get(key, {}).get("agreement")
+            if value is not None:
+                out[key].append(100 * value)
+    return out
+
+
 def label_agreement(run_dir: Path) -> float | None:
     """How often the self-annotation (the implicit reward) picks the response the verifiable judge prefers, in %.
 
@@ -339,15 +494,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, nargs="*", default=[1, 2, 3, 4, 5, 6, 7, 8])
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2])
-    parser.add_argument("--out", default="bench_results/paper")
+    parser.add_argument("--out", default=None, help="default: bench_results/paper (verifiable), bench_results/<task>")
     parser.add_argument("--num-prompts", type=int, default=64, help="held-out test prompts judged per model")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--prompts-per-round", type=int, default=32)
-    parser.add_argument("--max-new-tokens", type=int, default=80, help="for the rounds' sampling and the evaluation")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=None, help="the rounds' sampling and the evaluation (80; hidden: 48)"
+    )
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each")
+    parser.add_argument("--task", default="verifiable", help="verifiable | hidden:warmth|concreteness|structure")
+    parser.add_argument("--seed-size", type=int, default=None, help="hidden: gold seed pairs (default: hidden.yaml's)")
+    parser.add_argument("--quick", action="store_true", help="rows 1-5, seed 1: an install check in minutes")
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error("--jobs: expected an integer >= 1")
+    try:
+        task = Task.parse(args.task)
+    except ValueError as err:
+        parser.error(str(err))
+    if args.quick:
+        args.rows, args.seeds = [r for r in args.rows if r <= 5], args.seeds[:1]
+    if args.out is None:
+        args.out = "bench_results/paper" if not task.hidden else f"bench_results/{args.task.replace(':', '_')}"
+    if task.hidden and args.seed_size is None:
+        from sgpo.pipeline import load_config
+
+        args.seed_size = load_config("hidden", []).data.max_seed_pairs
     Table(args).run()
 
 

@@ -255,7 +255,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/results/pilot_hidden")
+    parser.add_argument("--out", default="bench_results/pilot_hidden")
     parser.add_argument("--runs", default="runs/pilot_hidden", help="run directories, logs and the response cache")
     args = parser.parse_args()
     Pilot(args).run()
