@@ -75,7 +75,7 @@ class Pilot:
             command = [sys.executable, "-m", "sgpo", "eval", model, "--baseline", INITIAL, "--output", str(output)]
             command += ["--prompts", "hidden", "--judge", a.rubric, "--num-prompts", str(a.num_prompts)]
             command += ["--max-new-tokens", str(a.max_new_tokens), "--cache-dir", str(self.runs / "eval" / "responses")]
-            command += ["--agreement-pairs", str(self.heldout), "--threads", "1"]
+            command += ["--agreement-pairs", str(self.heldout), "--threads", "1", "--batch-size", "32"]
             self.call(command, f"eval_{name}.log")
         return json.loads((output / "eval.json").read_text())["results"][0]
 

@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--out", default=str(DATA_DIR))
     parser.add_argument("--work-dir", default=".cache/hidden")
-    parser.add_argument("--pool-prompts", type=int, default=384)
+    parser.add_argument("--pool-prompts", type=int, default=256)
     parser.add_argument("--heldout-prompts", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--round-prompts", type=int, default=128)

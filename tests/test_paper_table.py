@@ -67,3 +67,45 @@ def test_every_row_of_the_issue_is_a_variant(table) -> None:
     # iterative runs start from the DPO round 0 on the same seed pairs
     assert {v.donor for v in variants if v.iterative} == {"dpo_seed", "flip_dpo"}
     assert all(v.seed_pairs == "flipped" for v in variants if v.donor == "flip_dpo")
+
+
+def test_hidden_task_seed_flips_and_gold_from_the_rubric_pool(table, tmp_path: Path, monkeypatch) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    pool = [
+        {
+            "prompt": f"Tell me about tea {i}.",
+            "chosen": f"c{i}",
+            "rejected": f"r{i}",
+            "chosen_score": 1.0,
+            "rejected_score": 0.1,
+        }
+        for i in range(10)
+    ]
+    table.write_jsonl(data / "hidden_warmth_pool.jsonl", pool)
+    table.write_jsonl(data / "hidden_warmth_heldout.jsonl", pool[:2])
+    rounds = [{"round": 1 + i // 5, "prompt": f"round prompt {i}"} for i in range(10)]
+    table.write_jsonl(data / "hidden_prompts.jsonl", rounds)
+    monkeypatch.setattr(table, "bundled", lambda name: data / name)
+    task = table.Task.parse("hidden:warmth")
+    assert (task.config, task.judge, task.hidden) == ("hidden", "warmth", True)
+    assert table.read_jsonl(task.seed_file(tmp_path, 4)) == pool[:4]
+    with pytest.raises(ValueError, match="--seed-size: the warmth pool holds 10 pairs"):
+        task.seed_file(tmp_path, 11)
+    flipped = table.read_jsonl(table.flipped_seed(tmp_path, 1, task.seed_file(tmp_path, 4)))
+    assert sum(a != b for a, b in zip(pool[:4], flipped, strict=True)) == 1
+    assert table.round_prompts(2, 3) == ["round prompt 0", "round prompt 1", "round prompt 2"] + [
+        "round prompt 5",
+        "round prompt 6",
+        "round prompt 7",
+    ]
+    args = task.eval_args()
+    assert (
+        args[:4] == ["--prompts", "hidden", "--judge", "warmth"] and str(data / "hidden_warmth_heldout.jsonl") in args
+    )
+    with pytest.raises(ValueError, match="--task: expected 'verifiable' or 'hidden:<warmth|concreteness|structure>'"):
+        table.Task.parse("hidden:tone")
+    assert table.Task.parse("verifiable").eval_args() == []
+    # SPPO's preference model is the task's gold judge
+    sppo = next(v for v in table.variants("warmth") if v.name == "sppo")
+    assert "judge.name=warmth" in sppo.overrides
