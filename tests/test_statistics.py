@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from sgpo.evaluation.statistics import agreement, bootstrap_mean, paired_comparison
-from sgpo.pipeline.annotator import implicit_reward_agreement
+from sgpo.pipeline.annotator import implicit_reward_agreement, round_agreement
 from sgpo.pipeline.judges import ImplicitRewardJudge, JudgeContext, length_debias_alpha
 
 
@@ -52,6 +52,27 @@ def test_agreement_with_gold_labels_and_gold_scores() -> None:
     g = agreement([1.0, 1.0, 1.0], [0.0, 0.0, 0.0], gold_chosen=[1.0, 0.0, 0.5], gold_rejected=[0.0, 1.0, 0.5])
     assert g.agreement == 0.5 and g.pairs == 2 and g.ties == 1
     assert agreement([1.0], [0.0], [0.3], [0.3]).agreement is None
+
+
+def test_round_agreement_asks_the_gold_judge_only_about_prompts_it_can_score() -> None:
+    from sgpo.evaluation import PromptSpec, VerifiableJudge
+
+    prompt = PromptSpec(1, "honeybees", ()).text
+    on, off = "Honeybees make honey in the hive.", "The roman empire built roads."
+    pairs = [
+        {"prompt": prompt, "chosen": on, "rejected": off},
+        {"prompt": prompt, "chosen": off, "rejected": on},
+        {"prompt": prompt, "chosen": on, "rejected": on + " Yes."},
+        # a prompt the verifiable judge cannot read: left out, not an error
+        {"prompt": "Describe apples in the style of gardens.", "chosen": "Apples.", "rejected": "no"},
+    ]
+    judge = VerifiableJudge()
+    measured = round_agreement(judge, pairs)
+    assert measured is not None
+    assert measured.agreement == 0.5 and measured.pairs == 2 and measured.ties == 1
+    assert round_agreement(judge, pairs[3:]) is None
+    with pytest.raises(ValueError, match="no task template matches"):
+        judge.scores([pairs[3]["prompt"]], ["Apples."])
 
 
 def test_length_debias_alpha_balances_chosen_and_rejected_lengths() -> None:

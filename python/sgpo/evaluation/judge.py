@@ -167,6 +167,14 @@ class VerifiableJudge:
             prompt = users[-1]
         return parse_prompt(prompt)
 
+    def accepts(self, prompt: str | Sequence[dict[str, str]]) -> bool:
+        """Whether this judge can score responses to ``prompt`` (a prompt of :mod:`sgpo.evaluation.prompts`)."""
+        try:
+            self.spec(prompt)
+        except ValueError:
+            return False
+        return True
+
     def score(self, prompt: str, response: str) -> float:
         """The fraction of the prompt's constraints the response satisfies while addressing the task."""
         if not isinstance(response, str):

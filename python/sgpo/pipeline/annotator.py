@@ -39,8 +39,17 @@ def heldout_agreement(judge: Any, pairs: Sequence[dict[str, Any]]) -> Agreement:
     return agreement(scores[0], scores[1])
 
 
-def round_agreement(gold: Any, pairs: Sequence[dict[str, Any]]) -> Agreement:
-    """How often ``gold`` prefers each pair's chosen response to its rejected one (gold ties left out)."""
+def round_agreement(gold: Any, pairs: Sequence[dict[str, Any]]) -> Agreement | None:
+    """How often ``gold`` prefers each pair's chosen response to its rejected one (gold ties left out).
+
+    A gold judge with ``accepts(prompt)`` (the verifiable judge reads its constraints from the prompt's text) is
+    asked only about the pairs whose prompts it can score; None where it can score none of them.
+    """
+    accepts = getattr(gold, "accepts", None)
+    if accepts is not None:
+        pairs = [p for p in pairs if accepts(p["prompt"])]
+    if not pairs:
+        return None
     prompts = [p["prompt"] for p in pairs]
     scores = np.asarray(
         gold.scores(prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]),

@@ -427,7 +427,9 @@ class Run:
             if gold is not None:
                 from sgpo.pipeline.annotator import round_agreement
 
-                counts["gold_agreement"] = round_agreement(gold, pairs).to_dict()
+                measured = round_agreement(gold, pairs)
+                if measured is not None:
+                    counts["gold_agreement"] = measured.to_dict()
             files.write_json(self.round_dir(t) / "annotation_counts.json", counts)
             files.write_jsonl(path, pairs)
             _remove(parts)
