@@ -28,11 +28,19 @@ def build_parser() -> argparse.ArgumentParser:
     for target in _COMMANDS.values():
         module_name, func_name = target.split(":")
         getattr(importlib.import_module(module_name), func_name)(sub)
+    for command in sub.choices.values():
+        command.add_argument(
+            "--verbose", action="store_true", help="also show the libraries' own progress bars and warnings"
+        )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        from sgpo.console import quiet_libraries
+
+        quiet_libraries()
     try:
         result = args.func(args)
     except (ValueError, FileNotFoundError) as err:
