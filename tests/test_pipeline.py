@@ -55,7 +55,12 @@ def response_logps(model: Any, tokenizer: Any, prompt: Any, response: str) -> fl
 def test_ssapo_run_files_and_report(ssapo_run: Path) -> None:
     report = json.loads((ssapo_run / "report.json").read_text())
     assert [r["round"] for r in report["rounds"]] == [0, 1, 2]
-    assert (ssapo_run / "report.md").read_text().startswith("# sgpo run: ssapo")
+    summary = (ssapo_run / "report.md").read_text()
+    assert summary.startswith("# sgpo run: ssapo")
+    # the plots sgpo eval draws for a run directory, embedded and on disk; no evaluation ran, so no win-rate plot
+    for plot in ("margins.png", "follower.png"):
+        assert f"]({plot})" in summary and (ssapo_run / plot).stat().st_size > 1000
+    assert "win_rate.png" not in summary
     steps = read_jsonl(ssapo_run / "metrics.jsonl")
     assert [s["global_step"] for s in steps] == list(range(1, len(steps) + 1))
     for t in (1, 2):
@@ -356,6 +361,7 @@ def test_evaluate_stage_scores_each_round_against_the_starting_model(
         expected, _, _ = judge.compare(prompts, [r["response"] for r in responses], [r["response"] for r in baseline])
         assert metrics["win_rate"] == pytest.approx(expected.win_rate) and row["win_rate"] == metrics["win_rate"]
         assert metrics["mean_score"] == pytest.approx(judge.scores(prompts, [r["response"] for r in responses]).mean())
+    assert "](win_rate.png)" in (out / "report.md").read_text() and (out / "win_rate.png").is_file()
 
 
 def test_reward_model_judge_scores_with_a_sequence_classifier(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -67,16 +67,21 @@ def _pyplot():
 
 
 def plot_win_rates(results: Sequence[ModelResult], path: Path) -> Path:
+    return plot_win_rate_series([r.label for r in results], [r.win for r in results], path)
+
+
+def plot_win_rate_series(labels: Sequence[str], wins: Sequence[WinRate], path: Path) -> Path:
+    """Win rate (± standard error) and LC win rate of each labelled model against the baseline."""
     plt = _pyplot()
-    x = np.arange(len(results))
-    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(results) + 2), 3.2))
-    wr = [100 * r.win.win_rate for r in results]
-    lc = [100 * r.win.lc_win_rate for r in results]
-    err = [100 * r.win.stderr for r in results]
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 2), 3.2))
+    wr = [100 * w.win_rate for w in wins]
+    lc = [100 * w.lc_win_rate for w in wins]
+    err = [100 * w.stderr for w in wins]
     ax.errorbar(x, wr, yerr=err, marker="o", capsize=3, label="win rate")
     ax.plot(x, lc, marker="s", linestyle="--", label="LC win rate")
     ax.axhline(50, color="grey", linewidth=0.8)
-    ax.set_xticks(x, [r.label for r in results], rotation=20)
+    ax.set_xticks(x, list(labels), rotation=20)
     ax.set_ylabel("% vs baseline")
     ax.set_ylim(0, 100)
     ax.legend(loc="best")
@@ -218,6 +223,33 @@ def rounds_table(rounds: Sequence[RoundArtifacts]) -> str:
             f"{float((r.margins < 0).mean()):.2f} | {moved} |"
         )
     return "\n".join(lines)
+
+
+def run_plots(run_dir: Path, round_metrics: Sequence[dict]) -> list[str]:
+    """The plots ``sgpo eval`` draws for a run directory, from what the run itself wrote (``sgpo run``'s report).
+
+    Win rate per round where the run evaluated its rounds, the margin histograms and the follower's worst case;
+    returns the markdown lines that embed them.
+    """
+    from dataclasses import fields
+
+    from sgpo.evaluation.runs import load_round
+
+    parts: list[str] = []
+    keys = [f.name for f in fields(WinRate)]
+    evaluated = [m for m in round_metrics if all(k in m.get("eval", {}) for k in keys)]
+    if evaluated:
+        wins = [WinRate(**{k: m["eval"][k] for k in keys}) for m in evaluated]
+        plot_win_rate_series([f"round {m['round']}" for m in evaluated], wins, run_dir / "win_rate.png")
+        parts += ["![win rate per round against the starting model](win_rate.png)", ""]
+    rounds = [load_round(run_dir / f"round_{m['round']}", m["round"]) for m in round_metrics]
+    if any(r.margins is not None and r.margins.size for r in rounds):
+        plot_margin_histograms(rounds, run_dir / "margins.png")
+        parts += ["![margin histograms](margins.png)", ""]
+    if any(r.weights is not None and r.follower_inputs is not None for r in rounds):
+        plot_follower(rounds, run_dir / "follower.png")
+        parts += ["![follower weights and displacements](follower.png)", ""]
+    return parts
 
 
 def write_report(

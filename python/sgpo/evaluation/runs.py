@@ -37,7 +37,7 @@ def _model_dir(path: Path) -> bool:
     return (path / "config.json").is_file() or (path / "adapter_config.json").is_file()
 
 
-def _load_round(round_dir: Path, index: int) -> RoundArtifacts:
+def load_round(round_dir: Path, index: int) -> RoundArtifacts:
     """A round's pair margins (``annotations.jsonl``) and the follower's worst case (``worst_case.safetensors``)."""
     import numpy as np
 
@@ -80,5 +80,5 @@ def discover_run(run_dir: Path) -> Discovered:
         candidates=candidates,
         default_output=run_dir / "eval",
         initial_model=initial,
-        rounds=[_load_round(p, i) for i, p in rounds],
+        rounds=[load_round(p, i) for i, p in rounds],
     )

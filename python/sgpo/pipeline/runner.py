@@ -852,6 +852,9 @@ class Run:
                 cells = [r["round"], r["pairs"], r["loss"], r["reward_accuracy"], r["follower_value"]]
                 cells += [r["mass_moved"], r["win_rate"], r["seconds"]]
                 lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+            from sgpo.evaluation.report import run_plots
+
+            lines += ["", *run_plots(self.out, rounds)]
             with files.atomic_path(self.out / "report.md") as tmp:
                 tmp.write_text("\n".join(lines) + "\n")
         self.barrier()
