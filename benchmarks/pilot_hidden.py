@@ -3,7 +3,9 @@
 For each seed-set size N and seed s: DPO (``sgpo run hidden method=dpo``, round 0 only) on the first N pairs of a
 seeded permutation of the bundled gold pool, then ``sgpo eval`` of the trained policy against SmolLM2-135M-Instruct
 on the hidden track's held-out prompts (paired gold-score difference and win rate with bootstrap intervals, KL), and
-the trained policy's implicit reward as an annotator on the held-out gold pairs. Writes ``results.json``,
+the trained policy's implicit reward as an annotator on the held-out gold pairs. Settings are chosen here, so the
+evaluation prompts are the bundled dev prompts (train-split tasks that neither labelling nor any round sees), never
+the test split the tables report on. Writes ``results.json``,
 ``pilot.md`` and ``learning_curve.png`` to ``--out``.
 
     python benchmarks/pilot_hidden.py                        # warmth, N = 8..256, seeds 1 and 2, 2 jobs
@@ -49,6 +51,7 @@ class Pilot:
             d.mkdir(parents=True, exist_ok=True)
         self.pool = read_jsonl(bundled(f"hidden_{args.rubric}_pool.jsonl"))
         self.heldout = bundled(f"hidden_{args.rubric}_heldout.jsonl")
+        self.prompts = Path(args.prompts) if args.prompts else bundled("hidden_dev_prompts.jsonl")
         if max(args.sizes) > len(self.pool):
             raise ValueError(
                 f"--sizes: the {args.rubric} pool holds {len(self.pool)} pairs, asked for {max(args.sizes)}"
@@ -73,7 +76,7 @@ class Pilot:
         output = self.runs / "eval" / name
         if not (output / "eval.json").is_file():
             command = [sys.executable, "-m", "sgpo", "eval", model, "--baseline", INITIAL, "--output", str(output)]
-            command += ["--prompts", "hidden", "--judge", a.rubric, "--num-prompts", str(a.num_prompts)]
+            command += ["--prompts", str(self.prompts), "--judge", a.rubric, "--num-prompts", str(a.num_prompts)]
             command += ["--max-new-tokens", str(a.max_new_tokens), "--cache-dir", str(self.runs / "eval" / "responses")]
             command += ["--agreement-pairs", str(self.heldout), "--threads", "1", "--batch-size", "32"]
             self.call(command, f"eval_{name}.log")
@@ -98,6 +101,8 @@ class Pilot:
         command += [f"output_dir={run_dir}"]
         seconds = self.call(command, f"{name}.log")
         report = json.loads((run_dir / "report.json").read_text())
+        # the initial model's evaluation caches the baseline's responses that every other evaluation pairs with
+        self.initial.result()
         result = self.evaluate(str(run_dir / "round_0" / "checkpoint"), name)
         entry = {
             "size": size,
@@ -119,11 +124,15 @@ class Pilot:
     def run(self) -> None:
         a = self.args
         began = time.perf_counter()
-        initial = self.evaluate(INITIAL, "initial")
-        self.results["initial"] = {k: initial[k] for k in ("mean_score", "agreement", "scores")}
         jobs = sorted(((n, s) for n in a.sizes for s in a.seeds), key=lambda job: -job[0])
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-            for future in [pool.submit(self.job, n, s) for n, s in jobs]:
+            # trainings start beside the initial model's evaluation; their evaluations wait for it
+            self.initial = pool.submit(self.evaluate, INITIAL, "initial")
+            futures = [pool.submit(self.job, n, s) for n, s in jobs]
+            initial = self.initial.result()
+            with self.lock:
+                self.results["initial"] = {k: initial[k] for k in ("mean_score", "agreement", "scores")}
+            for future in futures:
                 future.result()
         self.results["wall_seconds"] = self.results.get("wall_seconds", 0.0) + time.perf_counter() - began
         self.results_path.write_text(json.dumps(self.results, indent=2) + "\n")
@@ -145,7 +154,7 @@ def summarise(results: dict[str, Any], args: argparse.Namespace, out: Path) -> N
     lines = [
         f"# Pilot: DPO on gold pairs of the `{args.rubric}` rubric ({', '.join(map(str, args.seeds))} seeds)",
         "",
-        f"Initial model's mean gold score: {initial:.3f} on {args.num_prompts} held-out hidden prompts.",
+        f"Initial model's mean gold score: {initial:.3f} on {args.num_prompts} dev prompts of the hidden track.",
         "",
         "| gold pairs | mean gold score | paired difference vs initial [95% CI] | win rate % [95% CI] | KL | share of "
         "full-gold gain | annotator agreement % (sum / mean / length-debiased) | train s |",
@@ -249,6 +258,7 @@ def main() -> None:
     parser.add_argument("--rubric", default="warmth")
     parser.add_argument("--sizes", type=int, nargs="+", default=[8, 16, 32, 64, 128, 256])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--prompts", default=None, help="evaluation prompts (default: the bundled dev prompts)")
     parser.add_argument("--num-prompts", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--learning-rate", type=float, default=5e-4)

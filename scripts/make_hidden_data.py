@@ -13,6 +13,9 @@ and, for every rubric alike,
 
 - ``hidden_prompts.jsonl``: unlabelled prompts for the self-annotation rounds (``round`` = 1, 2, ...), the train
   prompts after the labelled ones;
+- ``hidden_dev_prompts.jsonl``: ``--dev-prompts`` train prompts after the rounds' ones, which neither labelling nor
+  any round sees: the pilot (``benchmarks/pilot_hidden.py``) chooses settings on them, so the test split stays unseen
+  until the tables;
 - ``hidden_manifest.json``: the settings and counts.
 
     python scripts/make_hidden_data.py           # about 15 minutes on 2 idle CPU cores
@@ -39,10 +42,11 @@ def main() -> None:
     parser.add_argument("--model", default="SmolLM2-135M-Instruct")
     parser.add_argument("--out", default=str(DATA_DIR))
     parser.add_argument("--work-dir", default=".cache/hidden")
-    parser.add_argument("--pool-prompts", type=int, default=256)
-    parser.add_argument("--heldout-prompts", type=int, default=64)
+    parser.add_argument("--pool-prompts", type=int, default=416)
+    parser.add_argument("--heldout-prompts", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--round-prompts", type=int, default=128)
+    parser.add_argument("--dev-prompts", type=int, default=256)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
@@ -78,17 +82,21 @@ def main() -> None:
         write_jsonl(out / f"hidden_{rubric}_pool.jsonl", [pool[int(i)] for i in order])
         write_jsonl(out / f"hidden_{rubric}_heldout.jsonl", heldout)
         counts[rubric] = {"pool_pairs": len(pool), "heldout_pairs": len(heldout)}
-    rounds = hidden_prompts(labelled + args.rounds * args.round_prompts, "train", seed=0)[labelled:]
+    unlabelled = args.rounds * args.round_prompts
+    train = hidden_prompts(labelled + unlabelled + args.dev_prompts, "train", seed=0)
+    rounds, dev = train[labelled : labelled + unlabelled], train[labelled + unlabelled :]
     write_jsonl(
         out / "hidden_prompts.jsonl",
         [{"round": 1 + i // args.round_prompts, "prompt": p} for i, p in enumerate(rounds)],
     )
+    write_jsonl(out / "hidden_dev_prompts.jsonl", [{"prompt": p} for p in dev])
     manifest = {
         "model": args.model,
         "label": {k: v for k, v in vars(settings).items() if k not in ("judge", "judge_options")},
         "pool_prompts": args.pool_prompts,
         "heldout_prompts": args.heldout_prompts,
         "round_prompts": {str(t + 1): args.round_prompts for t in range(args.rounds)},
+        "dev_prompts": args.dev_prompts,
         "pairs": counts,
         "command": "python scripts/make_hidden_data.py",
     }
