@@ -116,3 +116,35 @@ def test_hidden_prompts_split_once_and_parse_back() -> None:
     assert hidden_topic("Tell me about coffee. Answer in 20 words.") is None
     with pytest.raises(ValueError, match="n: the hidden test split has 360 prompts"):
         hidden_prompts(361, "test")
+
+
+def test_bundled_hidden_data_is_labelled_by_its_rubric_and_its_splits_never_overlap() -> None:
+    import json
+    from importlib import resources
+
+    data = resources.files("sgpo") / "data"
+
+    def rows(name: str) -> list[dict]:
+        return [json.loads(line) for line in (data / name).read_text().splitlines() if line.strip()]
+
+    manifest = json.loads((data / "hidden_manifest.json").read_text())
+    labelled = manifest["pool_prompts"] + manifest["heldout_prompts"]
+    train = hidden_prompts(len(hidden_tasks("train")), "train")
+    for rubric in RUBRICS:
+        judge = RubricJudge(rubric)
+        pool, heldout = rows(f"hidden_{rubric}_pool.jsonl"), rows(f"hidden_{rubric}_heldout.jsonl")
+        assert [len(pool), len(heldout)] == [manifest["pairs"][rubric][k] for k in ("pool_pairs", "heldout_pairs")]
+        assert all(p["index"] < manifest["pool_prompts"] for p in pool)
+        assert all(manifest["pool_prompts"] <= p["index"] < labelled for p in heldout)
+        # the pool is stored shuffled, so its first N rows are a random seed rather than the first N prompts
+        assert [p["index"] for p in pool] != sorted(p["index"] for p in pool)
+        for pair in pool + heldout:
+            assert train[pair["index"]] == pair["prompt"]
+            assert judge.score(pair["prompt"], pair["chosen"]) == pair["chosen_score"]
+            assert judge.score(pair["prompt"], pair["rejected"]) == pair["rejected_score"]
+            assert pair["chosen_score"] > pair["rejected_score"]
+    rounds = [r["prompt"] for r in rows("hidden_prompts.jsonl")]
+    dev = [r["prompt"] for r in rows("hidden_dev_prompts.jsonl")]
+    # labelled, round and dev prompts are consecutive, disjoint stretches of the train split; none is a test task
+    assert rounds + dev == train[labelled : labelled + len(rounds) + len(dev)]
+    assert len(dev) == manifest["dev_prompts"] and not set(train) & set(hidden_prompts(360, "test"))
