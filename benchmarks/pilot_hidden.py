@@ -33,6 +33,11 @@ import numpy as np
 from sgpo.pipeline.files import read_jsonl, write_jsonl
 
 INITIAL = "SmolLM2-135M-Instruct"
+BATCH_PAIRS = 4
+
+
+def entry_name(rubric: str, size: int, seed: int) -> str:
+    return f"{rubric}_n{size}_s{seed}"
 
 
 def bundled(name: str) -> Path:
@@ -88,15 +93,21 @@ class Pilot:
         write_jsonl(path, [self.pool[int(i)] for i in order[:size]])
         return path
 
+    def epochs(self, size: int) -> int:
+        """Epochs that give a ``size``-pair seed ``--steps`` optimizer steps (batches of 4 pairs): every size trains as
+        long as the largest, so the curve measures labels, not training compute."""
+        return max(1, math.ceil(self.args.steps * BATCH_PAIRS / size))
+
     def job(self, size: int, seed: int) -> None:
         a = self.args
-        name = f"{a.rubric}_n{size}_s{seed}"
+        name = entry_name(a.rubric, size, seed)
         if name in self.results:
             return
         run_dir = self.runs / "runs" / name
         command = [sys.executable, "-m", "sgpo", "run", "hidden", "method=dpo", "rounds=0", "train.loss_type=sigmoid"]
         command += [f"data.seed_pairs={self.seed_file(size, seed)}", "data.max_seed_pairs=null", f"seed={seed}"]
-        command += [f"round0.learning_rate={a.learning_rate}", f"round0.epochs={a.epochs}", f"train.beta={a.beta}"]
+        command += [f"round0.learning_rate={a.learning_rate}", f"round0.epochs={self.epochs(size)}"]
+        command += [f"train.beta={a.beta}", f"train.batch_size={BATCH_PAIRS}"]
         command += ["evaluate.prompts=null", "judge.agreement_pairs=null", "threads=1", "logging.progress=false"]
         command += [f"output_dir={run_dir}"]
         seconds = self.call(command, f"{name}.log")
@@ -107,6 +118,7 @@ class Pilot:
         entry = {
             "size": size,
             "seed": seed,
+            "epochs": self.epochs(size),
             "train_seconds": sum(r.get("seconds") or 0.0 for r in report["rounds"]),
             "call_seconds": seconds,
             **{k: result[k] for k in ("mean_score", "baseline_mean_score", "win_rate", "paired", "kl", "agreement")},
@@ -144,7 +156,7 @@ def summarise(results: dict[str, Any], args: argparse.Namespace, out: Path) -> N
     rows = []
     for size in sorted(args.sizes):
         entries = [
-            results[f"{args.rubric}_n{size}_s{s}"] for s in args.seeds if f"{args.rubric}_n{size}_s{s}" in results
+            results[entry_name(args.rubric, size, s)] for s in args.seeds if entry_name(args.rubric, size, s) in results
         ]
         if entries:
             rows.append((size, entries))
@@ -262,7 +274,7 @@ def main() -> None:
     parser.add_argument("--num-prompts", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--learning-rate", type=float, default=5e-4)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=128, help="optimizer steps of every run (4 pairs a step)")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", default="bench_results/pilot_hidden")
