@@ -124,9 +124,13 @@ def test_self_annotation_is_the_implicit_reward_of_pi_t_against_sft(ssapo_run: P
 
 
 def test_finished_run_redoes_nothing(ssapo_run: Path, tiny_model_dir: Path, preference_files: dict[str, Path]) -> None:
-    # the summary (report.*, metrics.jsonl) is rewritten on every call; every stage's files stay untouched
-    summary = ("report.json", "report.md", "metrics.jsonl")
-    stamps = {p: p.stat().st_mtime_ns for p in ssapo_run.rglob("*") if p.is_file() and p.name not in summary}
+    # the summary (report.*, its plots, metrics.jsonl) is rewritten on every call; every stage's files stay untouched
+    summary = ("report.json", "report.md", "metrics.jsonl", "margins.png", "follower.png", "win_rate.png")
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in ssapo_run.rglob("*")
+        if p.is_file() and not (p.parent == ssapo_run and p.name in summary)
+    }
     again = run(load_config("tiny", tiny_overrides(tiny_model_dir, preference_files, ssapo_run)))
     assert [r["round"] for r in again["rounds"]] == [0, 1, 2]
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
