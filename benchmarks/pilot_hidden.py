@@ -2,7 +2,7 @@
 
 For each seed-set size N and seed s: DPO (``sgpo run hidden method=dpo``, round 0 only) on the first N pairs of a
 seeded permutation of the bundled gold pool, then ``sgpo eval`` of the trained policy against SmolLM2-135M-Instruct
-on the hidden track's held-out prompts (paired gold-score difference and win rate with bootstrap intervals, KL), and
+on prompts no training saw (paired gold-score difference and win rate with bootstrap intervals, KL), and
 the trained policy's implicit reward as an annotator on the held-out gold pairs. Settings are chosen here, so the
 evaluation prompts are the bundled dev prompts (train-split tasks that neither labelling nor any round sees), never
 the test split the tables report on. Writes ``results.json``,
@@ -89,7 +89,7 @@ class Pilot:
 
     def seed_file(self, size: int, seed: int) -> Path:
         order = np.random.default_rng(seed).permutation(len(self.pool))
-        path = self.runs / "seeds" / f"{self.args.rubric}_n{size}_s{seed}.jsonl"
+        path = self.runs / "seeds" / f"{entry_name(self.args.rubric, size, seed)}.jsonl"
         write_jsonl(path, [self.pool[int(i)] for i in order[:size]])
         return path
 
