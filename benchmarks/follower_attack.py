@@ -1,0 +1,147 @@
+"""Which pairs does SSAPO's follower attack, and what does the attack do to their gradient?
+
+For every self-annotating round of the given ``sgpo run`` directories (those that solved a follower): the pairs the
+exact worst case moves mass on (the attacked set), where they sit among the round's annotated margins, how often gold
+agrees with their self-annotated labels against the rest, and the gradient the ``ssapo`` loss gives them at the
+round's start (the policy equals the reference pi_t, so every training margin is 0) relative to epsilon = 0. In
+probability space the moved mass lands on ``T = sigmoid(beta Delta) - D``; where that falls below the clamp of
+``-log max(p, 1e-6)`` it has no gradient. In margin space the moved mass sees a lower margin and a larger
+``-log sigmoid`` slope.
+
+    python benchmarks/follower_attack.py bench_results/hidden_structure/runs/ssapo_prob_s1 --judge structure
+
+Prints a markdown table; ``--out FILE.md`` also writes it, and every number to FILE.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sgpo.ops
+import torch
+import yaml
+from safetensors.numpy import load_file
+from sgpo.pipeline.files import read_jsonl
+
+
+def gradient_ratio(weights: np.ndarray, shifts: np.ndarray, beta: float, space: str) -> np.ndarray:
+    """Per pair: d loss / d log pi(chosen) of the ``ssapo`` loss with the worst case ``(weights, shifts)``, over the
+    same derivative with no worst case (epsilon = 0), at training margin 0 (the round's first step)."""
+    n = weights.shape[0]
+
+    def grad(w: np.ndarray, d: np.ndarray) -> np.ndarray:
+        chosen = torch.zeros(n, dtype=torch.float64, requires_grad=True)
+        zeros = torch.zeros(n, dtype=torch.float64)
+        out = sgpo.ops.preference_losses(
+            chosen,
+            zeros,
+            zeros,
+            zeros,
+            loss_type="ssapo",
+            beta=beta,
+            worst_case=(torch.as_tensor(w), torch.as_tensor(d)),
+            space=space,
+        )
+        out.losses.sum().backward()
+        return chosen.grad.numpy().copy()
+
+    nominal_w = np.zeros_like(weights)
+    nominal_w[:, 0] = 1.0
+    return grad(weights, shifts) / grad(nominal_w, np.zeros_like(shifts))
+
+
+def round_attack(run_dir: Path, t: int, judge: Any, cfg: dict[str, Any]) -> dict[str, Any] | None:
+    round_dir = run_dir / f"round_{t}"
+    if not (round_dir / "worst_case.safetensors").is_file():
+        return None
+    tensors = load_file(str(round_dir / "worst_case.safetensors"))
+    weights, shifts = tensors["weights"].astype(np.float64), tensors["shifts"].astype(np.float64)
+    pairs = read_jsonl(round_dir / "annotations.jsonl")
+    margins = np.array([p["margin"] for p in pairs], dtype=np.float64)
+    moved = (weights * (np.abs(shifts) > 1e-12)).sum(axis=1)
+    attacked = moved > 0
+    prompts = [p["prompt"] for p in pairs]
+    chosen = np.asarray(judge.scores(prompts, [p["chosen"] for p in pairs]), dtype=np.float64)
+    rejected = np.asarray(judge.scores(prompts, [p["rejected"] for p in pairs]), dtype=np.float64)
+    decided = chosen != rejected
+    correct = chosen > rejected
+    space = cfg["follower"]["space"]
+    ratio = gradient_ratio(weights, shifts, float(cfg["train"]["beta"]), space)
+    # each pair's margin percentile among the round's pairs (0 = the lowest)
+    percentile = np.argsort(np.argsort(margins)) / max(len(margins) - 1, 1)
+
+    def share(mask: np.ndarray) -> float | None:
+        m = mask & decided
+        return float(correct[m].mean()) if m.any() else None
+
+    return {
+        "run": str(run_dir),
+        "round": t,
+        "space": space,
+        "epsilon": float(cfg["follower"]["epsilon"]),
+        "pairs": len(pairs),
+        "attacked": int(attacked.sum()),
+        "mass_moved": float(moved.sum() / len(pairs)),
+        "attacked_margin_percentile": float(percentile[attacked].mean()) if attacked.any() else None,
+        "gold_agrees_attacked": share(attacked),
+        "gold_agrees_rest": share(~attacked),
+        "decided_attacked": int((attacked & decided).sum()),
+        "gradient_ratio_attacked": float(ratio[attacked].mean()) if attacked.any() else None,
+        "gradient_ratio_rest": float(ratio[~attacked].mean()) if (~attacked).any() else None,
+        "zero_gradient_pairs": int((np.abs(ratio) < 1e-9).sum()),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="sgpo run directories")
+    parser.add_argument("--judge", default="structure", help="the gold judge (a name or package.module:Class)")
+    parser.add_argument("--out", default=None, help="write the table (.md) and the numbers (.json beside it)")
+    args = parser.parse_args()
+    from sgpo.pipeline.judges import build_judge
+
+    judge = build_judge(args.judge, {}, None, option="--judge")
+    rows = []
+    for run in map(Path, args.runs):
+        if not (run / "config.yaml").is_file():
+            raise FileNotFoundError(f"runs: {run} holds no config.yaml (not an sgpo run directory)")
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        for t in range(1, int(cfg["rounds"]) + 1):
+            row = round_attack(run, t, judge, cfg)
+            if row is not None:
+                rows.append(row)
+    if not rows:
+        sys.exit("runs: no round solved a follower (method=ssapo runs only)")
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.0f}"
+
+    lines = [
+        "| run | round | space | eps | pairs | attacked | mass moved % | attacked margin percentile | gold agrees: "
+        "attacked / rest % | gradient vs eps = 0: attacked / rest | pairs with no gradient |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        g = r["gradient_ratio_attacked"]
+        lines.append(
+            f"| {Path(r['run']).name} | {r['round']} | {r['space']} | {r['epsilon']:g} | {r['pairs']} | "
+            f"{r['attacked']} | {100 * r['mass_moved']:.1f} | {pct(r['attacked_margin_percentile'])} | "
+            f"{pct(r['gold_agrees_attacked'])} / {pct(r['gold_agrees_rest'])} | "
+            f"{'-' if g is None else f'{g:.2f}'} / {r['gradient_ratio_rest']:.2f} | {r['zero_gradient_pairs']} |"
+        )
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(table + f"\n\nCommand: `python {' '.join(sys.argv)}`\n")
+        out.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
