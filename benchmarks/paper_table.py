@@ -10,9 +10,15 @@ for README "Results" and writes it, with every number, to ``--out``. Two tracks 
   the rounds see (made once with ``sgpo label`` and cached), and evaluations report paired score differences with
   bootstrap intervals, KL and the annotator's agreement with held-out gold pairs.
 
-    python benchmarks/paper_table.py                      # verifiable, every row, seeds 1 and 2, 2 jobs (69 min)
-    python benchmarks/paper_table.py --task hidden:warmth --quick   # rows 1-5, one seed
-    python benchmarks/paper_table.py --rows 2 5 8 --seeds 1 2 3
+Rows: 1 initial model; 2 DPO on the seed; 3 DPO on 100% gold; 4 iterative self-annotated DPO (epsilon = 0); 5 SSAPO,
+exact follower, probability and margin space; 6 SSAPO with the paper's follower; 7 SPPO with the self-annotator's and
+with the gold judge's win probabilities; 8 the epsilon ablation; 9 25% of the seed flipped (DPO, rDPO, cDPO, SSAPO);
+10 half and twice the seed (DPO, SSAPO). Every round 0 trains the same number of optimizer steps as the recipe's
+seed does, whatever its pairs, so rows differ in labels, not in compute.
+
+    python benchmarks/paper_table.py --task hidden:structure          # every row, seeds 1-3, 2 jobs
+    python benchmarks/paper_table.py --task hidden:structure --quick  # rows 1-5, seed 1, 64 prompts
+    python benchmarks/paper_table.py --rows 2 5 8 --seeds 1 2 3        # the verifiable track
 
 Jobs run side by side as separate processes with one thread each. Runs resume: a finished run directory and its
 evaluation are reused, so an interrupted table continues where it stopped.
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -65,22 +72,28 @@ class Variant:
     name: str
     label: str
     overrides: tuple[str, ...]
-    # "default" (the bundled seed), "flipped" (25% of it swapped) or "gold" (the seed plus the rounds' gold labels)
+    # "default" (the seed), "flipped" (25% of it swapped) or "gold" (the seed plus the rounds' gold labels)
     seed_pairs: str = "default"
+    # the seed's size as a multiple of --seed-size (row 10): its first pairs, a subset of every larger seed
+    seed_scale: float = 1.0
 
     @property
     def iterative(self) -> bool:
-        return "method=ssapo" in self.overrides
+        return "method=dpo" not in self.overrides
 
     @property
     def donor(self) -> str | None:
         """The DPO run whose round 0 an iterative run starts from (round 0 is the same for every such run)."""
-        if not self.iterative:
+        if not self.iterative or "round0.enabled=false" in self.overrides:
             return None
-        return "flip_dpo" if self.seed_pairs == "flipped" else "dpo_seed"
+        if self.seed_pairs == "flipped":
+            return "flip_dpo"
+        return "dpo_seed" if self.seed_scale == 1.0 else f"size_dpo_x{self.seed_scale:g}"
 
 
 def variants(gold_judge: str = "verifiable") -> list[Variant]:
+    """Every row of the table: which runs it needs and how each differs from the task's recipe."""
+    sppo = ("method=sppo", "train.loss_type=sppo", "generation.num_samples=5")
     v = [
         Variant(2, "dpo_seed", "DPO, seed only", tuple(DPO)),
         Variant(3, "dpo_gold", "DPO, 100% gold labels (seed + the rounds' prompts)", tuple(DPO), seed_pairs="gold"),
@@ -90,35 +103,65 @@ def variants(gold_judge: str = "verifiable") -> list[Variant]:
             5, "ssapo_margin", "SSAPO eps = 0.01, K = 6, margin space", tuple(ssapo(0.01, "follower.space=margin"))
         ),
         Variant(
-            5,
+            6,
             "ssapo_paper",
             "SSAPO eps = 0.01, K = 6, the paper's inexact follower",
             tuple(ssapo(0.01, "follower.backend=paper")),
         ),
         Variant(
-            6,
+            7,
+            "sppo_self",
+            "SPPO, win probabilities from the self-annotator (implicit reward, K = 5), after DPO on the seed",
+            (*sppo, "judge.name=implicit_reward"),
+        ),
+        Variant(
+            7,
             "sppo",
-            f"SPPO, the gold judge ({gold_judge}) as preference model on every sample (K = 5)",
-            # SPPO starts from the instruct model itself, as in its paper: no DPO round on the seed
-            (
-                "method=sppo",
-                "train.loss_type=sppo",
-                f"judge.name={gold_judge}",
-                "generation.num_samples=5",
-                "round0.enabled=false",
-            ),
+            f"SPPO, the gold judge ({gold_judge}) as preference model on every sample (K = 5): sees gold labels",
+            # SPPO on gold starts from the instruct model itself, as in its paper: no DPO round on the seed
+            (*sppo, f"judge.name={gold_judge}", "round0.enabled=false"),
         ),
     ]
-    v += [Variant(7, f"eps_{e}", f"SSAPO eps = {e}", tuple(ssapo(e))) for e in (0.0, 0.01, 0.03, 0.05, 0.1)]
+    v += [Variant(8, f"eps_{e:g}", f"SSAPO eps = {e:g}", tuple(ssapo(e))) for e in EPSILONS]
     v += [
-        Variant(8, "flip_dpo", "25% seed labels flipped: DPO", tuple(DPO), seed_pairs="flipped"),
-        Variant(8, "flip_ssapo", "25% seed labels flipped: SSAPO eps = 0.01", tuple(ssapo(0.01)), seed_pairs="flipped"),
+        Variant(9, "flip_dpo", "25% seed labels flipped: DPO", tuple(DPO), seed_pairs="flipped"),
+        Variant(
+            9,
+            "flip_rdpo",
+            "25% seed labels flipped: rDPO (robust, flip rate 0.25)",
+            (*DPO[:2], "train.loss_type=robust", "round0.loss_type=robust", f"train.label_smoothing={FLIP_FRACTION}"),
+            seed_pairs="flipped",
+        ),
+        Variant(
+            9,
+            "flip_cdpo",
+            "25% seed labels flipped: cDPO (label smoothing 0.25)",
+            (*DPO, f"train.label_smoothing={FLIP_FRACTION}"),
+            seed_pairs="flipped",
+        ),
+        Variant(9, "flip_ssapo", "25% seed labels flipped: SSAPO eps = 0.01", tuple(ssapo(0.01)), seed_pairs="flipped"),
     ]
+    for scale in SEED_SCALES:
+        if scale == 1.0:
+            v += [
+                Variant(10, "size_dpo_x1", "seed x1: DPO", tuple(DPO)),
+                Variant(10, "size_ssapo_x1", "seed x1: SSAPO eps = 0.01", tuple(ssapo(0.01))),
+            ]
+            continue
+        v += [
+            Variant(10, f"size_dpo_x{scale:g}", f"seed x{scale:g}: DPO", tuple(DPO), seed_scale=scale),
+            Variant(
+                10, f"size_ssapo_x{scale:g}", f"seed x{scale:g}: SSAPO eps = 0.01", tuple(ssapo(0.01)), seed_scale=scale
+            ),
+        ]
     return v
 
 
+EPSILONS = (0.0, 0.005, 0.01, 0.03, 0.05, 0.1)
+# row 10: half, the chosen and twice the chosen seed size (hidden: 1.9%, 3.8% and 7.7% of the 416 pool prompts)
+SEED_SCALES = (0.5, 1.0, 2.0)
 # the same runs appear in several rows; each is trained once
-SAME_RUN = {"eps_0.0": "iter_dpo", "eps_0.01": "ssapo_prob"}
+SAME_RUN = {"eps_0": "iter_dpo", "eps_0.01": "ssapo_prob", "size_dpo_x1": "dpo_seed", "size_ssapo_x1": "ssapo_prob"}
 
 
 def bundled(name: str) -> Path:
@@ -184,6 +227,16 @@ class Task:
         return ["--prompts", "hidden", "--judge", self.judge, "--agreement-pairs", str(heldout), "--batch-size", "32"]
 
 
+def verifiable_seed(out: Path, size: int) -> Path:
+    """The first ``size`` pairs of the bundled verifiable seed (row 10's smaller seeds are subsets of it)."""
+    rows = read_jsonl(bundled("default_seed_pairs.jsonl"))
+    if size > len(rows):
+        raise ValueError(f"--seed-size: the bundled verifiable seed holds {len(rows)} pairs, asked for {size}")
+    path = out / f"seed_verifiable_{size}.jsonl"
+    write_jsonl(path, rows[:size])
+    return path
+
+
 def round_prompts(rounds: int, per_round: int) -> list[str]:
     """The prompts the hidden recipe's rounds 1..rounds see: the first ``per_round`` of each round in the bundle."""
     rows = read_jsonl(bundled("hidden_prompts.jsonl"))
@@ -240,6 +293,9 @@ class Table:
             # the hidden recipe's training settings are the pilot's (benchmarks/pilot_hidden.py), kept in hidden.yaml
             *([] if self.task.hidden else TRAIN_BUDGET),
         ]
+        from sgpo.pipeline import load_config
+
+        self.config = load_config(self.task.config, self.base)
 
     def log(self, message: str) -> None:
         with self.lock:
@@ -266,19 +322,37 @@ class Table:
         summary = json.loads((output / "eval.json").read_text())
         return summary["results"][0]
 
+    def available(self, variant: Variant) -> bool:
+        """Whether the track has the seed ``variant`` asks for (the verifiable bundle holds 16 seed pairs)."""
+        if self.task.hidden or self.seed_size(variant) <= len(read_jsonl(bundled("default_seed_pairs.jsonl"))):
+            return True
+        self.log(f"{variant.name}: left out, the verifiable track has no {self.seed_size(variant)}-pair seed")
+        return False
+
+    def seed_size(self, variant: Variant) -> int:
+        return max(1, round(self.args.seed_size * variant.seed_scale))
+
     def seed_pairs(self, variant: Variant, seed: int) -> str:
         if not self.task.hidden:
             if variant.seed_pairs == "flipped":
                 return str(flipped_seed(self.out, seed))
             if variant.seed_pairs == "gold":
                 return str(gold_pairs(self.out, self.args.rounds, self.args.prompts_per_round))
-            return variant.seed_pairs
-        base = self.task.seed_file(self.out, self.args.seed_size)
+            return str(verifiable_seed(self.out, self.seed_size(variant)))
+        base = self.task.seed_file(self.out, self.seed_size(variant))
         if variant.seed_pairs == "flipped":
             return str(flipped_seed(self.out, seed, base))
         if variant.seed_pairs == "gold":
             return str(self.hidden_gold(base))
         return str(base)
+
+    def round0_epochs(self, seed_file: str) -> int:
+        """Epochs that give round 0 on ``seed_file`` the recipe's optimizer steps on its own seed: every seed size,
+        flipped or gold set trains the same number of steps, so a row's gain measures its labels, not its compute."""
+        cfg = self.config
+        recipe_seed = self.args.seed_size
+        steps = cfg.round0.epochs * math.ceil(recipe_seed / cfg.train.batch_size)
+        return max(1, round(steps * cfg.train.batch_size / len(read_jsonl(seed_file))))
 
     def hidden_gold(self, seed_file: Path) -> Path:
         """The seed plus the gold pairs of every prompt the rounds see, labelled once by ``sgpo label`` (cached)."""
@@ -310,7 +384,9 @@ class Table:
         command = [sys.executable, "-m", "sgpo", "run", self.task.config, *self.base, *variant.overrides]
         if self.task.hidden:
             command += ["data.max_seed_pairs=null", f"evaluate.judge.name={self.task.judge}"]
-        command += [f"seed={seed}", f"data.seed_pairs={self.seed_pairs(variant, seed)}", f"output_dir={run_dir}"]
+        seed_file = self.seed_pairs(variant, seed)
+        command += [f"seed={seed}", f"data.seed_pairs={seed_file}", f"round0.epochs={self.round0_epochs(seed_file)}"]
+        command += [f"output_dir={run_dir}"]
         command += ["logging.progress=false"]
         seconds = self.call(command, self.out / "logs" / f"{run_name}.log")
         rounds = sorted(run_dir.glob("round_*/checkpoint"), key=lambda p: int(p.parent.name.split("_")[1]))
@@ -322,6 +398,7 @@ class Table:
             "row": variant.row,
             "label": variant.label,
             "seed": seed,
+            "seed_pairs": len(read_jsonl(seed_file)),
             "win_rate": 100 * result["win_rate"],
             "lc_win_rate": 100 * result["lc_win_rate"],
             "stderr": 100 * result["stderr"],
@@ -346,7 +423,7 @@ class Table:
         (self.out / "logs").mkdir(exist_ok=True)
         began = time.perf_counter()
         self.results["initial"] = {"mean_score": self.evaluate(INITIAL, "initial")["mean_score"]}
-        chosen = [v for v in variants(self.task.judge) if v.row in a.rows]
+        chosen = [v for v in variants(self.task.judge) if v.row in a.rows and self.available(v)]
         # donors first, so a run that waits for its round 0 never holds a slot for long
         needed = {v.donor for v in chosen if v.donor}
         todo = [v for v in variants(self.task.judge) if v.name in needed and v not in chosen] + chosen
@@ -389,7 +466,8 @@ class Table:
         for v in chosen:
             found = [self.results[f"{v.name}_s{s}"] for s in a.seeds if f"{v.name}_s{s}" in self.results]
             if found:
-                lines.append(f"| {v.row} | {v.label} | " + " | ".join(hidden_row(found)) + " |")
+                label = v.label + (f" ({found[0]['seed_pairs']} seed pairs)" if v.row == 10 else "")
+                lines.append(f"| {v.row} | {label} | " + " | ".join(hidden_row(found)) + " |")
         table = "\n".join(lines)
         (self.out / "table.md").write_text(table + "\n")
         print(table)
@@ -492,19 +570,28 @@ def label_agreement(run_dir: Path) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, nargs="*", default=[1, 2, 3, 4, 5, 6, 7, 8])
-    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--rows", type=int, nargs="*", default=list(range(1, 11)))
+    parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     parser.add_argument("--out", default=None, help="default: bench_results/paper (verifiable), bench_results/<task>")
-    parser.add_argument("--num-prompts", type=int, default=64, help="held-out test prompts judged per model")
+    parser.add_argument(
+        "--num-prompts", type=int, default=None, help="held-out test prompts judged per model (64; hidden: 256)"
+    )
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--prompts-per-round", type=int, default=32)
+    parser.add_argument("--prompts-per-round", type=int, default=None, help="32; hidden: the recipe's (64)")
     parser.add_argument(
         "--max-new-tokens", type=int, default=None, help="the rounds' sampling and the evaluation (80; hidden: 48)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each")
     parser.add_argument("--task", default="verifiable", help="verifiable | hidden:warmth|concreteness|structure")
-    parser.add_argument("--seed-size", type=int, default=None, help="hidden: gold seed pairs (default: hidden.yaml's)")
-    parser.add_argument("--quick", action="store_true", help="rows 1-5, seed 1: an install check in minutes")
+    parser.add_argument(
+        "--seed-size",
+        type=int,
+        default=None,
+        help="gold seed pairs (hidden: hidden.yaml's; verifiable: the bundled 16)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="rows 1-5, seed 1, 64 prompts: an install check (hidden: about 1 hour)"
+    )
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error("--jobs: expected an integer >= 1")
@@ -512,14 +599,20 @@ def main() -> None:
         task = Task.parse(args.task)
     except ValueError as err:
         parser.error(str(err))
+    from sgpo.pipeline import load_config
+
+    recipe = load_config(task.config, [])
     if args.quick:
         args.rows, args.seeds = [r for r in args.rows if r <= 5], args.seeds[:1]
+        args.num_prompts = args.num_prompts or 64
+    args.num_prompts = args.num_prompts or (256 if task.hidden else 64)
+    args.prompts_per_round = args.prompts_per_round or (recipe.data.prompts_per_round if task.hidden else 32)
     if args.out is None:
         args.out = "bench_results/paper" if not task.hidden else f"bench_results/{args.task.replace(':', '_')}"
-    if task.hidden and args.seed_size is None:
-        from sgpo.pipeline import load_config
-
-        args.seed_size = load_config("hidden", []).data.max_seed_pairs
+    if args.seed_size is None:
+        args.seed_size = (
+            recipe.data.max_seed_pairs if task.hidden else len(read_jsonl(bundled("default_seed_pairs.jsonl")))
+        )
     Table(args).run()
 
 

@@ -8,6 +8,7 @@ import sys
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_table.py"
@@ -59,14 +60,89 @@ def test_gold_set_is_the_seed_plus_the_labelled_prompts_the_rounds_see(table, tm
 
 def test_every_row_of_the_issue_is_a_variant(table) -> None:
     variants = table.variants()
-    assert {v.row for v in variants} == {2, 3, 4, 5, 6, 7, 8}
-    epsilons = sorted(float(v.name.split("_")[1]) for v in variants if v.row == 7)
-    assert epsilons == [0.0, 0.01, 0.03, 0.05, 0.1]
+    assert {v.row for v in variants} == set(range(2, 11))
+    epsilons = sorted(float(v.name.split("_")[1]) for v in variants if v.row == 8)
+    assert epsilons == [0.0, 0.005, 0.01, 0.03, 0.05, 0.1]
     paper = next(v for v in variants if v.name == "ssapo_paper")
     assert "follower.backend=paper" in paper.overrides
-    # iterative runs start from the DPO round 0 on the same seed pairs
-    assert {v.donor for v in variants if v.iterative} == {"dpo_seed", "flip_dpo"}
+    # iterative runs start from the DPO round 0 on the same seed pairs; SPPO on gold starts from the instruct model
+    donors = {v.name: v.donor for v in variants if v.iterative}
+    assert donors["sppo"] is None and donors["sppo_self"] == "dpo_seed" and donors["flip_ssapo"] == "flip_dpo"
+    assert donors["size_ssapo_x0.5"] == "size_dpo_x0.5" and donors["size_ssapo_x2"] == "size_dpo_x2"
+    names = {v.name for v in variants}
+    assert all(d in names for d in donors.values() if d)
+    # every run a row shares with another is trained once
+    assert all(table.SAME_RUN[v.name] in names for v in variants if v.name in table.SAME_RUN)
     assert all(v.seed_pairs == "flipped" for v in variants if v.donor == "flip_dpo")
+    flips = {v.name: v for v in variants if v.row == 9}
+    assert set(flips) == {"flip_dpo", "flip_rdpo", "flip_cdpo", "flip_ssapo"}
+    assert all(v.seed_pairs == "flipped" for v in flips.values())
+    assert {"round0.loss_type=robust", "train.label_smoothing=0.25"} <= set(flips["flip_rdpo"].overrides)
+    assert "train.label_smoothing=0.25" in flips["flip_cdpo"].overrides
+    scales = sorted({v.seed_scale for v in variants if v.row == 10})
+    assert scales == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("task", ["verifiable", "hidden:warmth"])
+def test_every_variant_is_a_valid_run_config_with_equal_round0_steps(table, tmp_path: Path, task: str) -> None:
+    from sgpo.pipeline import load_config
+
+    recipe = load_config("hidden" if task != "verifiable" else "default", [])
+    seed_size = recipe.data.max_seed_pairs if task != "verifiable" else 16
+    args = table.argparse.Namespace(
+        out=str(tmp_path), task=task, rounds=2, prompts_per_round=32, max_new_tokens=None, seed_size=seed_size
+    )
+    t = table.Table(args)
+    steps = set()
+    for v in table.variants(t.task.judge):
+        if not t.available(v):
+            # the verifiable bundle has no 2x seed
+            assert task == "verifiable" and v.seed_scale == 2.0
+            continue
+        if v.seed_pairs == "gold":
+            continue  # made by sgpo label on the hidden track
+        seed_file = t.seed_pairs(v, 1)
+        rows = table.read_jsonl(seed_file)
+        assert len(rows) == t.seed_size(v) == max(1, round(seed_size * v.seed_scale))
+        if v.seed_pairs == "flipped":
+            assert sum(r["chosen_score"] < r["rejected_score"] for r in rows) == round(0.25 * len(rows))
+        epochs = t.round0_epochs(seed_file)
+        cfg = load_config(
+            t.task.config, [*t.base, *v.overrides, f"data.seed_pairs={seed_file}", f"round0.epochs={epochs}"]
+        )
+        if not v.iterative:
+            assert cfg.method == "dpo" and cfg.rounds == 0
+        # round 0 takes the same optimizer steps whatever the seed's size
+        steps.add(epochs * -(-len(rows) // cfg.train.batch_size))
+    # the recipe's seed: hidden 32 epochs of 16 pairs, verifiable 3 epochs of 16 (the table's budget), batches of 4
+    base_steps = (recipe.round0.epochs if task != "verifiable" else 3) * -(-seed_size // 4)
+    # a seed whose size is not a multiple of 4 ends its epochs on a short batch: at most one extra step per epoch
+    assert min(steps) == base_steps and max(steps) <= base_steps + max(1, base_steps // 4)
+
+
+@pytest.mark.parametrize("name", ["flip_rdpo", "flip_cdpo", "sppo_self"])
+def test_new_rows_losses_train_on_the_tiny_model(
+    table, name: str, tmp_path: Path, tiny_model_dir: Path, preference_files: dict, single_thread: None
+) -> None:
+    from conftest import tiny_overrides
+    from sgpo.pipeline import load_config, run
+
+    v = next(v for v in table.variants("verifiable") if v.name == name)
+    overrides = [o for o in v.overrides if not o.startswith("generation.num_samples")]
+    extra = ["rounds=1", "generation.num_samples=3"] if v.iterative else []
+    out = tmp_path / name
+    report = run(load_config("tiny", tiny_overrides(tiny_model_dir, preference_files, out, *overrides, *extra)))
+    rounds = {r["round"]: r for r in report["rounds"]}
+    metrics = json.loads((out / "round_0" / "metrics.json").read_text())
+    assert metrics["train"]["loss_type"] == ("robust" if name == "flip_rdpo" else "sigmoid")
+    assert np.isfinite(metrics["train"]["loss"])
+    if name == "sppo_self":
+        assert set(rounds) == {0, 1}
+        pairs = table.read_jsonl(out / "round_1" / "annotations.jsonl")
+        # the implicit reward's Bradley-Terry win probabilities over 3 samples sum to 3 / 2
+        assert pairs and all(sum(p["win_probs"]) == pytest.approx(1.5) for p in pairs)
+    else:
+        assert set(rounds) == {0}
 
 
 def test_hidden_task_seed_flips_and_gold_from_the_rubric_pool(table, tmp_path: Path, monkeypatch) -> None:
