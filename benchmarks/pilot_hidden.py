@@ -6,7 +6,7 @@ on prompts no training saw (paired gold-score difference and win rate with boots
 the trained policy's implicit reward as an annotator on the held-out gold pairs. Settings are chosen here, so the
 evaluation prompts are the bundled dev prompts (train-split tasks that neither labelling nor any round sees), never
 the test split the tables report on. Writes ``results.json``,
-``pilot.md`` and ``learning_curve.png`` to ``--out``.
+``pilot.md`` and ``learning_curve.png`` to ``--out`` (default ``bench_results/pilot_hidden_<rubric>``).
 
     python benchmarks/pilot_hidden.py                        # warmth, N = 8..256, seeds 1 and 2, 2 jobs
     python benchmarks/pilot_hidden.py --rubric concreteness --sizes 32 256 --seeds 1
@@ -95,8 +95,8 @@ class Pilot:
 
     def epochs(self, size: int) -> int:
         """Epochs that give a ``size``-pair seed ``--steps`` optimizer steps (batches of 4 pairs): every size trains as
-        long as the largest, so the curve measures labels, not training compute."""
-        return max(1, math.ceil(self.args.steps * BATCH_PAIRS / size))
+        long as the largest (to the nearest epoch), so the curve measures labels, not training compute."""
+        return max(1, round(self.args.steps * BATCH_PAIRS / size))
 
     def job(self, size: int, seed: int) -> None:
         a = self.args
@@ -277,9 +277,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=128, help="optimizer steps of every run (4 pairs a step)")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--out", default="bench_results/pilot_hidden")
+    parser.add_argument("--out", default=None, help="default: bench_results/pilot_hidden_<rubric>")
     parser.add_argument("--runs", default="runs/pilot_hidden", help="run directories, logs and the response cache")
+    parser.add_argument(
+        "--summary-only", action="store_true", help="rewrite pilot.md and the plot from results.json, run nothing"
+    )
     args = parser.parse_args()
+    args.out = args.out or f"bench_results/pilot_hidden_{args.rubric}"
+    if args.summary_only:
+        out = Path(args.out)
+        summarise(json.loads((out / "results.json").read_text()), args, out)
+        return
     Pilot(args).run()
 
 
