@@ -204,6 +204,45 @@ def summarise(results: dict[str, Any], args: argparse.Namespace, out: Path) -> N
     print("\n".join(lines))
 
 
+def compare(directories: list[str], out: Path) -> None:
+    """One table over several pilots' ``results.json`` (one per setting, e.g. a learning rate each), with the share of
+    answers that fail the on-task gate (gold score 0): a policy that games the rubric by looping scores 0 there."""
+    lines = [
+        "| pilot | gold pairs | seed | mean score | paired difference vs initial [95% CI] | win rate % "
+        "| off-task answers % | KL | full gold - this (SE) | annotator agreement % (sum / mean / length-debiased) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for directory in directories:
+        results = json.loads((Path(directory) / "results.json").read_text())
+        initial = np.asarray(results["initial"]["scores"])
+        lines.append(
+            f"| {Path(directory).name} | 0 (initial) | - | {initial.mean():.3f} | - | 50 | "
+            f"{100 * np.mean(initial == 0):.0f} | 0 | - | - |"
+        )
+        entries = sorted(
+            (e for k, e in results.items() if isinstance(e, dict) and "size" in e), key=lambda e: (e["size"], e["seed"])
+        )
+        for e in entries:
+            d, w = e["paired"]["difference"], e["paired"]["win_rate"]
+            scores = np.asarray(e["scores"])
+            full = max((f for f in entries if f["seed"] == e["seed"]), key=lambda f: f["size"])
+            diff = np.asarray(full["scores"]) - scores
+            se = diff.std(ddof=1) / math.sqrt(diff.size)
+            z = "-" if full is e or se == 0 else f"{diff.mean() / se:.1f}"
+            agree = "/".join(
+                f"{100 * (e['agreement'][v]['agreement'] or 0):.0f}" for v in ("sum", "mean", "length_debiased")
+            )
+            lines.append(
+                f"| {Path(directory).name} | {e['size']} | {e['seed']} | {e['mean_score']:.3f} | {d['mean']:+.3f} "
+                f"[{d['low']:+.3f}, {d['high']:+.3f}] | {100 * w['mean']:.1f} | {100 * np.mean(scores == 0):.0f} | "
+                f"{e['kl']:.1f} | {z} | {agree} |"
+            )
+    lines += ["", f"Command: `python {' '.join(sys.argv)}`"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def fitness(rows: list[tuple[int, list[dict[str, Any]]]], args: argparse.Namespace) -> list[str]:
     """The three checks of a benchmark fit for comparing methods, for the largest size against every smaller one."""
     if len(rows) < 2:
@@ -273,7 +312,7 @@ def main() -> None:
     parser.add_argument("--prompts", default=None, help="evaluation prompts (default: the bundled dev prompts)")
     parser.add_argument("--num-prompts", type=int, default=256)
     parser.add_argument("--max-new-tokens", type=int, default=48)
-    parser.add_argument("--learning-rate", type=float, default=5e-4)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--steps", type=int, default=128, help="optimizer steps of every run (4 pairs a step)")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--jobs", type=int, default=2)
@@ -282,8 +321,14 @@ def main() -> None:
     parser.add_argument(
         "--summary-only", action="store_true", help="rewrite pilot.md and the plot from results.json, run nothing"
     )
+    parser.add_argument(
+        "--compare", nargs="+", metavar="DIR", help="tabulate the results.json of these pilots into --out/compare.md"
+    )
     args = parser.parse_args()
     args.out = args.out or f"bench_results/pilot_hidden_{args.rubric}"
+    if args.compare:
+        compare(args.compare, Path(args.out))
+        return
     if args.summary_only:
         out = Path(args.out)
         summarise(json.loads((out / "results.json").read_text()), args, out)
