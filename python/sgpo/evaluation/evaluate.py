@@ -29,7 +29,7 @@ from sgpo.evaluation.statistics import paired_comparison
 DEFAULT_BASELINE = "SmolLM2-135M-Instruct"
 # the hidden-preference track: more prompts (the effects are a few points) and short answers (the rubrics need few)
 HIDDEN_DEFAULTS = {"num_prompts": 256, "max_new_tokens": 48}
-DEFAULT_HIDDEN_JUDGE = "warmth"
+DEFAULT_HIDDEN_JUDGE = "structure"
 
 
 @dataclass(frozen=True)
@@ -259,7 +259,7 @@ def evaluate_models(
 ) -> list[ModelResult]:
     """Judge each ``(label, model)`` against ``baseline``; write ``report.md``, ``eval.json`` and the PNGs.
 
-    ``judge`` is any judge name or ``package.module:Class`` (default: ``verifiable``, or ``warmth`` on the hidden
+    ``judge`` is any judge name or ``package.module:Class`` (default: ``verifiable``, or ``structure`` on the hidden
     track). Responses (and their log-probs, for the KL estimate) are cached under ``cache_dir`` (default
     ``output_dir/responses``), keyed by the model's files, the prompts and the settings: evaluations that share a cache
     sample each model, the baseline included, once.
@@ -396,7 +396,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--judge",
         default=None,
         help="the gold judge: verifiable | warmth | concreteness | structure | reward_model | package.module:Class "
-        "(default: verifiable; warmth for --prompts hidden)",
+        "(default: verifiable; structure for --prompts hidden)",
     )
     parser.add_argument("--judge-options", default=None, help="the judge's keyword arguments as a JSON object")
     parser.add_argument("--num-prompts", type=int, default=None, help="default 64; 256 for --prompts hidden")
