@@ -87,6 +87,7 @@ def round_attack(run_dir: Path, t: int, judge: Any, cfg: dict[str, Any]) -> dict
         "pairs": len(pairs),
         "attacked": int(attacked.sum()),
         "mass_moved": float(moved.sum() / len(pairs)),
+        "moved_per_pair": [float(moved.min()), float(np.median(moved)), float(moved.max())],
         "attacked_margin_percentile": float(percentile[attacked].mean()) if attacked.any() else None,
         "gold_agrees_attacked": share(attacked),
         "gold_agrees_rest": share(~attacked),
@@ -122,17 +123,22 @@ def main() -> None:
         return "-" if x is None else f"{100 * x:.0f}"
 
     lines = [
-        "| run | round | space | eps | pairs | attacked | mass moved % | attacked margin percentile | gold agrees: "
+        "| run | round | space | eps | pairs | attacked | mass moved % | moved per pair % (min / median / max) "
+        "| attacked margin percentile | gold agrees: "
         "attacked / rest % | gradient vs eps = 0: attacked / rest | pairs with no gradient |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def ratio(x: float | None) -> str:
+        return "-" if x is None else f"{x:.2f}"
+
     for r in rows:
-        g = r["gradient_ratio_attacked"]
         lines.append(
             f"| {Path(r['run']).name} | {r['round']} | {r['space']} | {r['epsilon']:g} | {r['pairs']} | "
-            f"{r['attacked']} | {100 * r['mass_moved']:.1f} | {pct(r['attacked_margin_percentile'])} | "
+            f"{r['attacked']} | {100 * r['mass_moved']:.1f} | "
+            f"{' / '.join(f'{100 * m:.1f}' for m in r['moved_per_pair'])} | {pct(r['attacked_margin_percentile'])} | "
             f"{pct(r['gold_agrees_attacked'])} / {pct(r['gold_agrees_rest'])} | "
-            f"{'-' if g is None else f'{g:.2f}'} / {r['gradient_ratio_rest']:.2f} | {r['zero_gradient_pairs']} |"
+            f"{ratio(r['gradient_ratio_attacked'])} / {ratio(r['gradient_ratio_rest'])} | {r['zero_gradient_pairs']} |"
         )
     table = "\n".join(lines)
     print(table)
