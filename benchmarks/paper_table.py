@@ -590,7 +590,7 @@ def main() -> None:
         help="gold seed pairs (hidden: hidden.yaml's; verifiable: the bundled 16)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="rows 1-5, seed 1, 64 prompts: an install check (hidden: about 1 hour)"
+        "--quick", action="store_true", help="rows 1-5, seed 1, 64 prompts: an install check (hidden: under an hour)"
     )
     args = parser.parse_args()
     if args.jobs < 1:
