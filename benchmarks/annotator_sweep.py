@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pilot_hidden import BATCH_PAIRS, bundled, entry_name  # noqa: E402
+from pilot_hidden import BATCH_PAIRS, bundled, entry_name, epochs_for, write_seed  # noqa: E402
 
 VARIANTS = ("sum", "mean", "length_debiased")
 
@@ -38,15 +38,13 @@ def train_with_probes(args: argparse.Namespace, rubric: str, size: int, seed: in
     from sgpo.pipeline.annotator import implicit_reward_agreement
     from sgpo.pipeline.config import load_config
     from sgpo.pipeline.data import fit_prompts
-    from sgpo.pipeline.files import read_jsonl, write_json, write_jsonl
+    from sgpo.pipeline.files import read_jsonl, write_json
     from sgpo.pipeline.runner import Run
 
     runs = Path(args.runs)
     pool = read_jsonl(bundled(f"hidden_{rubric}_pool.jsonl"))
-    order = np.random.default_rng(seed).permutation(len(pool))
-    seed_path = runs / "seeds" / f"{entry_name(rubric, size, seed)}.jsonl"
-    write_jsonl(seed_path, [pool[int(i)] for i in order[:size]])
-    epochs = max(1, round(args.steps * BATCH_PAIRS / size))
+    seed_path = write_seed(pool, size, seed, runs / "seeds" / f"{entry_name(rubric, size, seed)}.jsonl")
+    epochs = epochs_for(args.steps, size)
     overrides = [
         "method=dpo",
         "rounds=0",

@@ -142,12 +142,7 @@ def variants(gold_judge: str = "verifiable") -> list[Variant]:
         Variant(9, "flip_ssapo", "25% seed labels flipped: SSAPO eps = 0.01", tuple(ssapo(0.01)), seed_pairs="flipped"),
     ]
     for scale in SEED_SCALES:
-        if scale == 1.0:
-            v += [
-                Variant(10, "size_dpo_x1", "seed x1: DPO", tuple(DPO)),
-                Variant(10, "size_ssapo_x1", "seed x1: SSAPO eps = 0.01", tuple(ssapo(0.01))),
-            ]
-            continue
+        # at x1 these are rows 2 and 5's runs (SAME_RUN)
         v += [
             Variant(10, f"size_dpo_x{scale:g}", f"seed x{scale:g}: DPO", tuple(DPO), seed_scale=scale),
             Variant(

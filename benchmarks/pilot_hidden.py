@@ -40,6 +40,18 @@ def entry_name(rubric: str, size: int, seed: int) -> str:
     return f"{rubric}_n{size}_s{seed}"
 
 
+def epochs_for(steps: int, size: int) -> int:
+    """Epochs that give a ``size``-pair seed ``steps`` optimizer steps (batches of 4 pairs), to the nearest epoch."""
+    return max(1, round(steps * BATCH_PAIRS / size))
+
+
+def write_seed(pool: list[dict[str, Any]], size: int, seed: int, path: Path) -> Path:
+    """The first ``size`` pairs of a ``seed``-permutation of ``pool``, written to ``path``."""
+    order = np.random.default_rng(seed).permutation(len(pool))
+    write_jsonl(path, [pool[int(i)] for i in order[:size]])
+    return path
+
+
 def bundled(name: str) -> Path:
     path = Path(str(resources.files("sgpo") / "data" / name))
     if not path.is_file():
@@ -88,15 +100,13 @@ class Pilot:
         return json.loads((output / "eval.json").read_text())["results"][0]
 
     def seed_file(self, size: int, seed: int) -> Path:
-        order = np.random.default_rng(seed).permutation(len(self.pool))
         path = self.runs / "seeds" / f"{entry_name(self.args.rubric, size, seed)}.jsonl"
-        write_jsonl(path, [self.pool[int(i)] for i in order[:size]])
-        return path
+        return write_seed(self.pool, size, seed, path)
 
     def epochs(self, size: int) -> int:
         """Epochs that give a ``size``-pair seed ``--steps`` optimizer steps (batches of 4 pairs): every size trains as
         long as the largest (to the nearest epoch), so the curve measures labels, not training compute."""
-        return max(1, round(self.args.steps * BATCH_PAIRS / size))
+        return epochs_for(self.args.steps, size)
 
     def job(self, size: int, seed: int) -> None:
         a = self.args
