@@ -206,13 +206,19 @@ class Task:
     def judge(self) -> str:
         return self.rubric or "verifiable"
 
-    def seed_file(self, out: Path, size: int) -> Path:
-        """The hidden track's seed: the first ``size`` pairs of the rubric's pool (stored in a seeded order)."""
+    def seed_file(self, out: Path, size: int, seed: int = 1, block: int | None = None) -> Path:
+        """The hidden track's seed for table seed ``seed``: ``size`` pairs of the rubric's pool (stored in a seeded
+        order) from offset ``(seed - 1) * block``, so each table seed draws its own pairs (seed 1: the pool's first)
+        and a smaller seed of row 10 is a subset of the larger ones on the same table seed."""
         pool = read_jsonl(bundled(f"hidden_{self.rubric}_pool.jsonl"))
-        if size > len(pool):
-            raise ValueError(f"--seed-size: the {self.rubric} pool holds {len(pool)} pairs, asked for {size}")
-        path = out / f"seed_{self.rubric}_{size}.jsonl"
-        write_jsonl(path, pool[:size])
+        start = (seed - 1) * (size if block is None else block)
+        if start + size > len(pool):
+            raise ValueError(
+                f"--seed-size: the {self.rubric} pool holds {len(pool)} pairs, seed {seed} asks for pairs "
+                f"{start}..{start + size - 1}"
+            )
+        path = out / f"seed_{self.rubric}_{size}{'' if seed == 1 else f'_s{seed}'}.jsonl"
+        write_jsonl(path, pool[start : start + size])
         return path
 
     def eval_args(self) -> list[str]:
@@ -276,6 +282,8 @@ class Table:
         self.results_path = self.out / "results.json"
         self.results: dict[str, Any] = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
         self.lock = threading.Lock()
+        # held while the rounds' gold labels are made, so that two rows needing them label once
+        self.label_lock = threading.Lock()
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.task = Task.parse(args.task)
         self.max_new_tokens = args.max_new_tokens or (48 if self.task.hidden else 80)
@@ -334,7 +342,7 @@ class Table:
             if variant.seed_pairs == "gold":
                 return str(gold_pairs(self.out, self.args.rounds, self.args.prompts_per_round))
             return str(verifiable_seed(self.out, self.seed_size(variant)))
-        base = self.task.seed_file(self.out, self.seed_size(variant))
+        base = self.task.seed_file(self.out, self.seed_size(variant), seed, self.args.seed_size)
         if variant.seed_pairs == "flipped":
             return str(flipped_seed(self.out, seed, base))
         if variant.seed_pairs == "gold":
@@ -352,7 +360,7 @@ class Table:
     def hidden_gold(self, seed_file: Path) -> Path:
         """The seed plus the gold pairs of every prompt the rounds see, labelled once by ``sgpo label`` (cached)."""
         a = self.args
-        with self.lock:
+        with self.label_lock:
             prompts = self.out / "gold" / f"round_prompts_{a.rounds}x{a.prompts_per_round}.jsonl"
             write_jsonl(prompts, [{"prompt": p} for p in round_prompts(a.rounds, a.prompts_per_round)])
             labelled = self.out / "gold" / f"rounds_{self.task.rubric}_{a.rounds}x{a.prompts_per_round}.jsonl"
@@ -362,9 +370,15 @@ class Table:
                 command += ["--max-new-tokens", str(self.max_new_tokens), "--out", str(labelled), "--quiet"]
                 command += ["--threads", "1"]
                 self.call(command, self.out / "logs" / "label_rounds.log")
-            path = self.out / f"gold_{self.task.rubric}_{a.seed_size}+{a.rounds}x{a.prompts_per_round}.jsonl"
+            path = self.out / f"gold_{seed_file.stem}+{a.rounds}x{a.prompts_per_round}.jsonl"
             write_jsonl(path, read_jsonl(seed_file) + read_jsonl(labelled))
         return path
+
+    def lost_round0(self, donor: Variant, seed: int) -> bool:
+        """Whether a finished donor run's round 0 is gone (runs are not kept with the results): its iterative rows
+        need it, so it trains again (the same seed gives the same round 0) and its evaluation is reused."""
+        name = f"{SAME_RUN.get(donor.name, donor.name)}_s{seed}"
+        return not (self.out / "runs" / name / "round_0" / "checkpoint").is_dir()
 
     def job(self, variant: Variant, seed: int, donor: Future | None) -> None:
         key = f"{variant.name}_s{seed}"
@@ -430,7 +444,7 @@ class Table:
                     key = f"{v.name}_s{seed}"
                     if key in futures or f"{SAME_RUN.get(v.name, '')}_s{seed}" in futures:
                         continue
-                    if key in self.results:
+                    if key in self.results and not (v.name in needed and self.lost_round0(v, seed)):
                         done: Future = Future()
                         done.set_result(None)
                         futures[key] = done

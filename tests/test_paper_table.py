@@ -120,6 +120,19 @@ def test_every_variant_is_a_valid_run_config_with_equal_round0_steps(table, tmp_
     assert min(steps) == base_steps and max(steps) <= base_steps + max(1, base_steps // 4)
 
 
+def test_a_donor_whose_round0_is_gone_trains_again(table, tmp_path: Path) -> None:
+    args = table.argparse.Namespace(
+        out=str(tmp_path), task="hidden:structure", rounds=2, prompts_per_round=32, max_new_tokens=None, seed_size=16
+    )
+    t = table.Table(args)
+    donor = next(v for v in table.variants("structure") if v.name == "dpo_seed")
+    assert t.lost_round0(donor, 1)
+    (tmp_path / "runs" / "dpo_seed_s1" / "round_0" / "checkpoint").mkdir(parents=True)
+    assert not t.lost_round0(donor, 1) and t.lost_round0(donor, 2)
+    # row 10's x1 DPO is row 2's run
+    assert not t.lost_round0(next(v for v in table.variants("structure") if v.name == "size_dpo_x1"), 1)
+
+
 @pytest.mark.parametrize("name", ["flip_rdpo", "flip_cdpo", "sppo_self"])
 def test_new_rows_losses_train_on_the_tiny_model(
     table, name: str, tmp_path: Path, tiny_model_dir: Path, preference_files: dict, single_thread: None
@@ -168,6 +181,11 @@ def test_hidden_task_seed_flips_and_gold_from_the_rubric_pool(table, tmp_path: P
     assert table.read_jsonl(task.seed_file(tmp_path, 4)) == pool[:4]
     with pytest.raises(ValueError, match="--seed-size: the warmth pool holds 10 pairs"):
         task.seed_file(tmp_path, 11)
+    # every table seed draws its own pairs; row 10's smaller seed is a subset of the chosen one on the same seed
+    assert table.read_jsonl(task.seed_file(tmp_path, 4, seed=2, block=4)) == pool[4:8]
+    assert table.read_jsonl(task.seed_file(tmp_path, 2, seed=2, block=4)) == pool[4:6]
+    with pytest.raises(ValueError, match="seed 3 asks for pairs 8..11"):
+        task.seed_file(tmp_path, 4, seed=3, block=4)
     flipped = table.read_jsonl(table.flipped_seed(tmp_path, 1, task.seed_file(tmp_path, 4)))
     assert sum(a != b for a, b in zip(pool[:4], flipped, strict=True)) == 1
     assert table.round_prompts(2, 3) == ["round prompt 0", "round prompt 1", "round prompt 2"] + [
