@@ -187,3 +187,31 @@ def test_one_module_class_judge_in_label_eval_and_run(
     for p in annotations:
         assert np.allclose(np.array(p["raw_scores"]) - alpha * np.array(p["lengths"]), p["scores"])
     assert report["rounds"][-1]["round"] == 1
+
+
+def test_gated_annotator_picks_admissible_chosen_in_a_run(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    preference_files: dict[str, Path],
+    single_thread: Any,
+) -> None:
+    import sgpo.evaluation.rubrics as rubrics
+    from conftest import tiny_overrides
+    from sgpo.pipeline import load_config, run
+
+    # the tiny model's random text never names a topic: a stand-in gate that splits its samples
+    monkeypatch.setattr(rubrics, "on_task", lambda prompt, response: len(response) % 2 == 0)
+    overrides = tiny_overrides(tiny_model_dir, preference_files, tmp_path / "run", "rounds=1")
+    overrides += ["generation.num_samples=4", "judge.options.gate=on_task"]
+    run(load_config("tiny", overrides))
+    annotations = read(tmp_path / "run" / "round_1" / "annotations.jsonl")
+    split = 0
+    for p in annotations:
+        flags, scores = np.array(p["admissible"]), np.array(p["scores"])
+        if flags.any() and not flags.all():
+            split += 1
+            # the best admissible sample against the worst inadmissible one
+            assert len(p["chosen"]) % 2 == 0 and len(p["rejected"]) % 2 == 1
+            assert p["margin"] == pytest.approx(scores[flags].max() - scores[~flags].min())
+    assert split > 0

@@ -134,3 +134,47 @@ def test_implicit_reward_options_are_checked() -> None:
         ImplicitRewardJudge(context, "median")
     with pytest.raises(ValueError, match="judge.options.reward: 'mean' needs response lengths"):
         ImplicitRewardJudge(context, "mean")
+
+
+def test_on_task_gate_ranks_failing_answers_last() -> None:
+    from sgpo.pipeline.annotator import heldout_agreement
+    from sgpo.pipeline.judges import choose_pair
+
+    # without flags: the highest and the lowest value, ties keeping the earlier sample
+    assert choose_pair(np.array([1.0, 3.0, 3.0, -2.0])) == (1, 3)
+    # the best admissible sample against the worst inadmissible one, whatever their values
+    assert choose_pair(np.array([5.0, 1.0, 2.0, -1.0]), np.array([False, True, True, True])) == (2, 0)
+    assert choose_pair(np.array([5.0, 1.0, 2.0]), np.array([True, True, True])) == (0, 1)
+    with pytest.raises(ValueError, match="admissible: expected one flag per value"):
+        choose_pair(np.zeros(3), np.ones(2, dtype=bool))
+
+    prompt = "Tell me about coffee."
+    on = "Coffee is brewed from roasted beans, and many people drink a cup of coffee every morning."
+    off = "\n\nBicycles have two wheels.\n\n- pedals\n- chains\n- brakes"
+    # a policy that learned to like layout scores the off-topic list above the on-topic answer
+    logps = {on: -30.0, off: -10.0}
+    context = JudgeContext(
+        policy_logps=lambda p, r: np.array([logps[x] for x in r]), sft_logps=lambda p, r: np.full(len(r), -20.0),
+        beta=0.1,
+    )  # fmt: skip
+    pairs = [{"prompt": prompt, "chosen": on, "rejected": off}]
+    assert heldout_agreement(ImplicitRewardJudge(context), pairs).agreement == 0.0
+    gated = ImplicitRewardJudge(context, gate="on_task")
+    assert gated.admissible([prompt, prompt], [on, off]).tolist() == [True, False]
+    assert ImplicitRewardJudge(context).admissible([prompt], [on]) is None
+    assert heldout_agreement(gated, pairs).agreement == 1.0
+    # where the gate does not separate the two, the reward decides
+    other = "Coffee beans grow in warm places; coffee farmers pick the cherries by hand in the hills."
+    logps[other] = -5.0
+    assert heldout_agreement(gated, [{"prompt": prompt, "chosen": on, "rejected": other}]).agreement == 0.0
+    with pytest.raises(ValueError, match="judge.options.gate: expected one of none, on_task, got 'strict'"):
+        ImplicitRewardJudge(context, gate="strict")
+    # the same from precomputed log-probs: every variant, ungated and gated
+    found = implicit_reward_agreement(
+        np.array([[-30.0, -30.0], [-10.0, -5.0]]), np.full((2, 2), -20.0), np.full((2, 2), 20.0),
+        np.array([[True, True], [False, True]]),
+    )  # fmt: skip
+    assert found["sum"]["agreement"] == 0.0 and found["mean"]["agreement"] == 0.0
+    assert found["sum+gate"]["agreement"] == 0.5 and found["length_debiased+gate"]["pairs"] == 2
+    with pytest.raises(ValueError, match="admissible: expected shape"):
+        implicit_reward_agreement(np.zeros((2, 2)), np.zeros((2, 2)), np.ones((2, 2)), np.ones((2, 3), dtype=bool))

@@ -198,17 +198,21 @@ def annotator_agreement(
     candidates: Sequence[str], baseline: str, pairs: Sequence[dict], cache_dir: Path | None
 ) -> list[dict[str, dict]]:
     """Each candidate as a self-annotator: the agreement with gold ``pairs`` of its implicit reward against
-    ``baseline`` (the reference), for every variant of :class:`sgpo.pipeline.judges.ImplicitRewardJudge`."""
+    ``baseline`` (the reference), for every variant of :class:`sgpo.pipeline.judges.ImplicitRewardJudge`, without
+    and with the on-task gate."""
+    from sgpo.evaluation.rubrics import on_task
     from sgpo.pipeline.annotator import implicit_reward_agreement
 
     prompts = [p["prompt"] for p in pairs] * 2
     responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
     (reference,) = cached_logps(baseline, [(prompts, responses)], cache_dir)
     lengths = response_lengths(baseline, prompts, responses).reshape(2, -1)
+    # the on-task gate (judge.options.gate) reads the text alone: the same flags for every candidate
+    flags = np.array([on_task(p, r) for p, r in zip(prompts, responses, strict=True)]).reshape(2, -1)
     out = []
     for model in candidates:
         (own,) = cached_logps(model, [(prompts, responses)], cache_dir)
-        out.append(implicit_reward_agreement(own.reshape(2, -1), reference.reshape(2, -1), lengths))
+        out.append(implicit_reward_agreement(own.reshape(2, -1), reference.reshape(2, -1), lengths, flags))
     return out
 
 

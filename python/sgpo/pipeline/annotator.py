@@ -23,20 +23,27 @@ def heldout_agreement(judge: Any, pairs: Sequence[dict[str, Any]]) -> Agreement:
     """The annotator ``judge`` on gold pairs (``prompt``, ``chosen``, ``rejected``; chosen is gold's choice).
 
     A judge with ``calibrate`` (the length-debiased implicit reward) fits itself on these pairs first, as it does on
-    a round's pairs; no gold label enters that fit.
+    a round's pairs; no gold label enters that fit. A gated judge (``admissible``) orders a pair by its gate where
+    the gate separates the two responses, as it does when it picks a round's pairs.
     """
+    from sgpo.pipeline.judges import gated_difference
+
     if not pairs:
         raise ValueError("judge.agreement_pairs: expected at least one gold pair, got none")
     prompts = [p["prompt"] for p in pairs]
-    scores = np.asarray(
-        judge.scores(prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]),
-        dtype=np.float64,
-    ).reshape(2, len(pairs))
+    responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
+    scores = np.asarray(judge.scores(prompts + prompts, responses), dtype=np.float64).reshape(2, len(pairs))
     if getattr(judge, "calibrated", False):
-        lengths = judge.lengths(prompts + prompts, [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs])
+        lengths = judge.lengths(prompts + prompts, responses)
         lengths = np.asarray(lengths, dtype=np.float64).reshape(2, len(pairs))
         scores = np.stack(judge.calibrate(list(scores.T), list(lengths.T))).T
-    return agreement(scores[0], scores[1])
+    gate = getattr(judge, "admissible", None)
+    flags = None if gate is None else gate(prompts + prompts, responses)
+    if flags is None:
+        return agreement(scores[0], scores[1])
+    flags = np.asarray(flags, dtype=bool).reshape(2, len(pairs))
+    diff = gated_difference(scores[0], scores[1], flags[0], flags[1])
+    return agreement(diff, np.zeros_like(diff))
 
 
 def round_agreement(gold: Any, pairs: Sequence[dict[str, Any]]) -> Agreement | None:
@@ -60,15 +67,16 @@ def round_agreement(gold: Any, pairs: Sequence[dict[str, Any]]) -> Agreement | N
 
 
 def implicit_reward_agreement(
-    policy_logps: np.ndarray, reference_logps: np.ndarray, lengths: np.ndarray
+    policy_logps: np.ndarray, reference_logps: np.ndarray, lengths: np.ndarray, admissible: np.ndarray | None = None
 ) -> dict[str, dict[str, Any]]:
     """Agreement with gold of every implicit-reward variant (:class:`sgpo.pipeline.judges.ImplicitRewardJudge`),
     from log-probs of gold pairs already computed.
 
     Each array has shape (2, n): row 0 the gold-chosen responses, row 1 the gold-rejected ones; ``reference_logps``
-    are the SFT model's, ``lengths`` the response tokens.
+    are the SFT model's, ``lengths`` the response tokens. With ``admissible`` (the on-task gate's flags, same shape)
+    each variant is also reported gated (``<variant>+gate``: ``judge.options.gate=on_task``).
     """
-    from sgpo.pipeline.judges import length_debias_alpha
+    from sgpo.pipeline.judges import gated_difference, length_debias_alpha
 
     policy, reference = np.asarray(policy_logps, np.float64), np.asarray(reference_logps, np.float64)
     sizes = np.asarray(lengths, np.float64)
@@ -81,8 +89,16 @@ def implicit_reward_agreement(
     mean = ratio / np.maximum(sizes, 1.0)
     alpha = length_debias_alpha(ratio[0] - ratio[1], sizes[0] - sizes[1])
     debiased = ratio - alpha * sizes
-    return {
+    out = {
         "sum": agreement(ratio[0], ratio[1]).to_dict(),
         "mean": agreement(mean[0], mean[1]).to_dict(),
         "length_debiased": {**agreement(debiased[0], debiased[1]).to_dict(), "alpha": alpha},
     }
+    if admissible is not None:
+        flags = np.asarray(admissible, dtype=bool)
+        if flags.shape != policy.shape:
+            raise ValueError(f"admissible: expected shape {policy.shape}, got {flags.shape}")
+        for name, values in (("sum", ratio), ("mean", mean), ("length_debiased", debiased)):
+            diff = gated_difference(values[0], values[1], flags[0], flags[1])
+            out[f"{name}+gate"] = agreement(diff, np.zeros_like(diff)).to_dict()
+    return out

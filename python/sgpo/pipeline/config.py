@@ -82,7 +82,8 @@ class GenerationConfig:
 class JudgeConfig:
     # implicit_reward | reward_model | verifiable | warmth | concreteness | structure | "package.module:Class"
     name: str = "implicit_reward"
-    # the judge's keyword arguments; implicit_reward takes reward: sum (the paper) | mean | length_debiased
+    # the judge's keyword arguments; implicit_reward takes reward: sum (the paper) | mean | length_debiased and
+    # gate: none | on_task (answers that fail the generic on-task check rank last)
     options: dict[str, Any] = field(default_factory=dict)
     # gold-labelled pairs no round trains on: the annotator's agreement with them is measured before every round
     agreement_pairs: str | None = None

@@ -28,6 +28,8 @@ JUDGES: dict[str, str] = {
     "structure": "sgpo.evaluation.rubrics:StructureJudge",
 }
 IMPLICIT_REWARDS = ("sum", "mean", "length_debiased")
+# "on_task": a response that fails the generic on-task check ranks below every response that passes it
+ANNOTATOR_GATES = ("none", "on_task")
 
 
 @dataclass
@@ -55,6 +57,33 @@ def win_probabilities(judge: Any, prompt: Any, responses: Sequence[str]) -> np.n
         raise ValueError("responses: expected at least one response, got none")
     scores = np.asarray(judge.scores([prompt] * len(responses), list(responses)), dtype=np.float64)
     return bradley_terry_win_probabilities(scores, float(getattr(judge, "temperature", 1.0)))
+
+
+def choose_pair(values: np.ndarray, admissible: np.ndarray | None = None) -> tuple[int, int]:
+    """Indices of the chosen and rejected response among one prompt's samples: the highest and the lowest value,
+    ties keeping the earlier sample. With ``admissible`` flags (a gated judge) and samples on both sides of the
+    gate, the chosen is the best admissible sample and the rejected the worst inadmissible one."""
+    v = np.asarray(values, dtype=np.float64)
+    if admissible is not None:
+        ok = np.asarray(admissible, dtype=bool)
+        if ok.shape != v.shape:
+            raise ValueError(f"admissible: expected one flag per value ({v.shape}), got shape {ok.shape}")
+        if ok.any() and not ok.all():
+            good, bad = np.flatnonzero(ok), np.flatnonzero(~ok)
+            return int(good[np.argmax(v[good])]), int(bad[np.argmin(v[bad])])
+    return int(np.argmax(v)), int(np.argmin(v))
+
+
+def gated_difference(
+    chosen: np.ndarray, rejected: np.ndarray, chosen_ok: np.ndarray | None, rejected_ok: np.ndarray | None
+) -> np.ndarray:
+    """How much a gated judge prefers ``chosen`` to ``rejected`` per pair: the gate decides where it separates the
+    two (+-inf), the scores elsewhere; without flags, the score difference."""
+    diff = np.asarray(chosen, dtype=np.float64) - np.asarray(rejected, dtype=np.float64)
+    if chosen_ok is None or rejected_ok is None:
+        return diff
+    gate = np.asarray(chosen_ok, dtype=np.float64) - np.asarray(rejected_ok, dtype=np.float64)
+    return np.where(gate > 0, np.inf, np.where(gate < 0, -np.inf, diff))
 
 
 def length_debias_alpha(score_diffs: np.ndarray, length_diffs: np.ndarray) -> float:
@@ -110,18 +139,28 @@ class ImplicitRewardJudge(ScoreJudge):
       :func:`length_debias_alpha` so that the chosen and rejected responses are equally long on average
       (:meth:`calibrate`).
 
+    ``gate`` (``judge.options.gate``): ``"on_task"`` ranks a response that fails the generic on-task check
+    (:func:`sgpo.evaluation.rubrics.on_task`: empty, refusing, copying the prompt, looping, or never naming the
+    prompt's topic) below every response that passes, whatever its reward (:meth:`admissible`). The check reads the
+    prompt and the response only, never a rubric: it knows what an answer is, not which answers a labeller prefers.
+    It decides the chosen and rejected responses of a pair and the held-out agreement; SPPO's win probabilities
+    stay the implicit reward's.
+
     Win probabilities use ``sigmoid(beta * (r_i - r_j))``, the DPO preference model of the policy itself.
     """
 
     name = "implicit_reward"
 
-    def __init__(self, context: JudgeContext, reward: str = "sum") -> None:
+    def __init__(self, context: JudgeContext, reward: str = "sum", gate: str = "none") -> None:
         if reward not in IMPLICIT_REWARDS:
             raise ValueError(f"judge.options.reward: expected one of {', '.join(IMPLICIT_REWARDS)}, got {reward!r}")
         if reward != "sum" and context.lengths is None:
             raise ValueError(f"judge.options.reward: {reward!r} needs response lengths, which this caller cannot give")
+        if gate not in ANNOTATOR_GATES:
+            raise ValueError(f"judge.options.gate: expected one of {', '.join(ANNOTATOR_GATES)}, got {gate!r}")
         self.context = context
         self.reward = reward
+        self.gate = gate
         self.temperature = 1.0 / context.beta
         self.alpha = 0.0
 
@@ -131,8 +170,16 @@ class ImplicitRewardJudge(ScoreJudge):
         return self.reward == "length_debiased"
 
     @classmethod
-    def from_pipeline(cls, context: JudgeContext, reward: str = "sum") -> ImplicitRewardJudge:
-        return cls(context, reward)
+    def from_pipeline(cls, context: JudgeContext, reward: str = "sum", gate: str = "none") -> ImplicitRewardJudge:
+        return cls(context, reward, gate)
+
+    def admissible(self, prompts: Sequence[Any], responses: Sequence[str]) -> np.ndarray | None:
+        """Whether each response passes the judge's gate; None without one."""
+        if self.gate == "none":
+            return None
+        from sgpo.evaluation.rubrics import on_task
+
+        return np.array([on_task(p, r) for p, r in zip(prompts, responses, strict=True)], dtype=bool)
 
     def lengths(self, prompts: Sequence[Any], responses: Sequence[str]) -> np.ndarray:
         if self.context.lengths is None:

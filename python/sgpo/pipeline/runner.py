@@ -346,7 +346,7 @@ class Run:
 
     def annotate(self, t: int, model: Any, prompts: list[Any], responses: list[list[str]]) -> list[dict[str, Any]]:
         """Stage 2: the judge picks chosen and rejected among each prompt's samples (SPA's self-annotation)."""
-        from sgpo.pipeline.judges import win_probabilities
+        from sgpo.pipeline.judges import choose_pair, win_probabilities
 
         path = self.round_dir(t) / "annotations.jsonl"
         if self.done(path):
@@ -372,6 +372,8 @@ class Run:
             flat_prompts = [prompts[i] for i in range(lo, hi) for _ in responses[i]]
             flat_responses = [r for i in range(lo, hi) for r in responses[i]]
             scores = None if sppo else np.asarray(judge.scores(flat_prompts, flat_responses), dtype=np.float64)
+            gate = getattr(judge, "admissible", None)
+            flags = None if sppo or gate is None else gate(flat_prompts, flat_responses)
             offset = 0
             for i in range(lo, hi):
                 k = len(responses[i])
@@ -380,6 +382,8 @@ class Run:
                     record["win_probs"] = [float(x) for x in win_probabilities(judge, prompts[i], responses[i])]
                 else:
                     record["scores"] = [float(x) for x in scores[offset : offset + k]]
+                    if flags is not None:
+                        record["admissible"] = [bool(x) for x in flags[offset : offset + k]]
                 keys = [(json.dumps(prompts[i]), r) for r in responses[i]]
                 if all(key in seen for key in keys):
                     record["policy_logps"] = [seen[key] for key in keys]
@@ -404,7 +408,7 @@ class Run:
         for prompt, samples, record in zip(prompts, responses, judged, strict=True):
             values = np.asarray(record["win_probs"] if sppo else record["scores"])
             # ties keep the earlier sample, so a pair never depends on float noise between equal values
-            w, lo_ = int(np.argmax(values)), int(np.argmin(values))
+            w, lo_ = choose_pair(values, record.get("admissible"))
             if w == lo_ or samples[w] == samples[lo_]:
                 identical += 1
                 continue
