@@ -13,8 +13,9 @@ for README "Results" and writes it, with every number, to ``--out``. Two tracks 
 Rows: 1 initial model; 2 DPO on the seed; 3 DPO on 100% gold; 4 iterative self-annotated DPO (epsilon = 0); 5 SSAPO,
 exact follower, probability and margin space; 6 SSAPO with the paper's follower; 7 SPPO with the self-annotator's and
 with the gold judge's win probabilities; 8 the epsilon ablation; 9 25% of the seed flipped (DPO, rDPO, cDPO, SSAPO);
-10 half and twice the seed (DPO, SSAPO). Every round 0 trains the same number of optimizer steps as the recipe's
-seed does, whatever its pairs, so rows differ in labels, not in compute.
+10 half and twice the seed (DPO, SSAPO); 11 rows 4 and 5 with the on-task gate on the annotator. Every round 0
+trains the same number of optimizer steps as the recipe's seed does, whatever its pairs, so rows differ in labels, not
+in compute. The reward-vs-KL picture of every row goes to ``frontier.png``, row 10's to ``seed_size.png``.
 
     python benchmarks/paper_table.py --task hidden:structure          # every row, seeds 1-3, 2 jobs
     python benchmarks/paper_table.py --task hidden:structure --quick  # rows 1-5, seed 1, 64 prompts
@@ -123,6 +124,13 @@ def variants(gold_judge: str = "verifiable") -> list[Variant]:
         ),
     ]
     v += [Variant(8, f"eps_{e:g}", f"SSAPO eps = {e:g}", tuple(ssapo(e))) for e in EPSILONS]
+    # row 11: rows 4 and 5 with the on-task gate on the annotator (judge.options.gate=on_task)
+    v += [
+        Variant(11, "iter_dpo_gate", "iterative self-annotated DPO (eps = 0), annotator with the on-task gate",
+                tuple(ssapo(0.0, GATE))),
+        Variant(11, "ssapo_prob_gate", "SSAPO eps = 0.01, probability space, annotator with the on-task gate",
+                tuple(ssapo(0.01, GATE))),
+    ]  # fmt: skip
     v += [
         Variant(9, "flip_dpo", "25% seed labels flipped: DPO", tuple(DPO), seed_pairs="flipped"),
         Variant(
@@ -153,6 +161,7 @@ def variants(gold_judge: str = "verifiable") -> list[Variant]:
 
 
 EPSILONS = (0.0, 0.005, 0.01, 0.03, 0.05, 0.1)
+GATE = "judge.options.gate=on_task"
 # row 10: half, the chosen and twice the chosen seed size (hidden: 1.9%, 3.8% and 7.7% of the 416 pool prompts)
 SEED_SCALES = (0.5, 1.0, 2.0)
 # the same runs appear in several rows; each is trained once
@@ -512,6 +521,93 @@ class Table:
         (self.out / "table.md").write_text(table + "\n")
         print(table)
         print(f"wall time of the table: {self.results['_wall_seconds'] / 60:.1f} min with {a.jobs} jobs")
+        plot_frontier(self.results, chosen, a.seeds, self.out / "frontier.png", self.task.judge)
+        if 10 in a.rows:
+            plot_seed_sizes(self.results, a.seeds, self.out / "seed_size.png", self.task.judge)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _found(results: dict[str, Any], name: str, seeds: list[int]) -> list[dict[str, Any]]:
+    return [results[f"{name}_s{s}"] for s in seeds if results.get(f"{name}_s{s}", {}).get("paired")]
+
+
+def plot_frontier(
+    results: dict[str, Any], chosen: list[Variant], seeds: list[int], path: Path, judge: str
+) -> dict[str, tuple[list[float], list[float]]]:
+    """The reward-vs-KL picture across rows: each seed's run as a small point, the seeds' mean as a large one.
+
+    Returns the points drawn, ``label: (KL, paired difference)`` per seed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    ax.scatter([0.0], [0.0], marker="*", s=140, color="black", label="initial model", zorder=3)
+    points: dict[str, tuple[list[float], list[float]]] = {}
+    names = list(dict.fromkeys(v.name for v in chosen))
+    colors = plt.get_cmap("tab20")(np.linspace(0, 1, max(2, len(names))))
+    for name, color in zip(names, colors, strict=False):
+        found = _found(results, name, seeds)
+        if not found:
+            continue
+        label = next(v for v in chosen if v.name == name).label
+        kl = [float(r["kl"]) for r in found]
+        diff = [float(r["paired"]["difference"]["mean"]) for r in found]
+        points[label] = (kl, diff)
+        ax.scatter(kl, diff, s=14, color=color, alpha=0.5)
+        ax.scatter([np.mean(kl)], [np.mean(diff)], s=70, color=color, edgecolor="black", label=label, zorder=3)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("KL from the initial model (nats, on the model's own samples)")
+    ax.set_ylabel(f"mean {judge} score - initial model's")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=6.5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return points
+
+
+def plot_seed_sizes(
+    results: dict[str, Any], seeds: list[int], path: Path, judge: str
+) -> dict[str, tuple[list[float], list[float], list[float]]]:
+    """Row 10: the gain over the initial model against the seed's size, DPO and SSAPO, with 100% gold as a line.
+
+    Returns ``method: (seed pairs, mean difference, standard deviation over seeds)`` per size drawn."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    curves: dict[str, tuple[list[float], list[float], list[float]]] = {}
+    for method, marker in (("dpo", "o"), ("ssapo", "s")):
+        sizes, means, spreads = [], [], []
+        for scale in SEED_SCALES:
+            name = f"size_{method}_x{scale:g}"
+            found = _found(results, SAME_RUN.get(name, name), seeds)
+            if not found:
+                continue
+            diffs = [float(r["paired"]["difference"]["mean"]) for r in found]
+            sizes.append(float(found[0]["seed_pairs"]))
+            means.append(float(np.mean(diffs)))
+            spreads.append(float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0)
+        if sizes:
+            curves[method] = (sizes, means, spreads)
+            label = "DPO on the seed" if method == "dpo" else "SSAPO eps = 0.01 (seed + 2 self-annotated rounds)"
+            ax.errorbar(sizes, means, yerr=spreads, marker=marker, capsize=3, label=label)
+    gold = _found(results, "dpo_gold", seeds)
+    if gold:
+        ax.axhline(np.mean([r["paired"]["difference"]["mean"] for r in gold]), color="green", linestyle="--",
+                   label="DPO on 100% gold labels")  # fmt: skip
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("gold seed pairs")
+    ax.set_ylabel(f"mean {judge} score - initial model's")
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return curves
 
 
 def hidden_row(found: list[dict[str, Any]]) -> list[str]:
@@ -579,7 +675,7 @@ def label_agreement(run_dir: Path) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, nargs="*", default=list(range(1, 11)))
+    parser.add_argument("--rows", type=int, nargs="*", default=list(range(1, 12)))
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     parser.add_argument("--out", default=None, help="default: bench_results/paper (verifiable), bench_results/<task>")
     parser.add_argument(

@@ -203,3 +203,25 @@ def test_hidden_task_seed_flips_and_gold_from_the_rubric_pool(table, tmp_path: P
     # SPPO's preference model is the task's gold judge
     sppo = next(v for v in table.variants("warmth") if v.name == "sppo")
     assert "judge.name=warmth" in sppo.overrides
+
+
+def test_frontier_and_seed_size_plots_draw_every_seed(table, tmp_path: Path) -> None:
+    def entry(diff: float, kl: float, pairs: int) -> dict:
+        return {"paired": {"difference": {"mean": diff}}, "kl": kl, "seed_pairs": pairs}
+
+    results = {
+        "dpo_seed_s1": entry(0.10, 5.0, 16), "dpo_seed_s2": entry(0.20, 7.0, 16),
+        "size_dpo_x0.5_s1": entry(0.05, 4.0, 8), "size_dpo_x0.5_s2": entry(0.07, 4.0, 8),
+        "size_dpo_x2_s1": entry(0.15, 6.0, 32),
+        "ssapo_prob_s1": entry(0.12, 9.0, 16), "dpo_gold_s1": entry(0.3, 10.0, 144),
+        "iter_dpo_s1": {"kl": 3.0},  # a row without an evaluation is left out
+    }  # fmt: skip
+    chosen = [v for v in table.variants("structure") if v.name in ("dpo_seed", "ssapo_prob", "iter_dpo")]
+    points = table.plot_frontier(results, chosen, [1, 2], tmp_path / "frontier.png", "structure")
+    assert points == {"DPO, seed only": ([5.0, 7.0], [0.10, 0.20]), chosen[2].label: ([9.0], [0.12])}
+    curves = table.plot_seed_sizes(results, [1, 2], tmp_path / "seed_size.png", "structure")
+    sizes, means, spreads = curves["dpo"]
+    assert sizes == [8.0, 16.0, 32.0] and means == pytest.approx([0.06, 0.15, 0.15])
+    assert spreads[0] == pytest.approx(np.std([0.05, 0.07], ddof=1)) and spreads[2] == 0.0
+    assert curves["ssapo"][0] == [16.0]
+    assert (tmp_path / "frontier.png").stat().st_size > 0 and (tmp_path / "seed_size.png").stat().st_size > 0
