@@ -60,7 +60,10 @@ def test_gold_set_is_the_seed_plus_the_labelled_prompts_the_rounds_see(table, tm
 
 def test_every_row_of_the_issue_is_a_variant(table) -> None:
     variants = table.variants()
-    assert {v.row for v in variants} == set(range(2, 11))
+    assert {v.row for v in variants} == set(range(2, 12))
+    gated = [v for v in variants if v.row == 11]
+    assert [v.name for v in gated] == ["iter_dpo_gate", "ssapo_prob_gate"]
+    assert all("judge.options.gate=on_task" in v.overrides and v.donor == "dpo_seed" for v in gated)
     epsilons = sorted(float(v.name.split("_")[1]) for v in variants if v.row == 8)
     assert epsilons == [0.0, 0.005, 0.01, 0.03, 0.05, 0.1]
     paper = next(v for v in variants if v.name == "ssapo_paper")
