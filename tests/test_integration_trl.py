@@ -157,6 +157,35 @@ def test_reproduces_trl_with_its_reference_setups(
         assert_same_training(ours, theirs, tolerance=1e-5, param_tolerance=1e-4)
 
 
+def test_sgpo_backend_matches_trl_with_gradient_accumulation(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Pair-by-pair backward inside each micro-batch, two micro-batches per step: TRL's gradient scaling kept."""
+    options = dict(per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    theirs = train(DPOTrainer, config(DPOConfig, tmp_path, **options), tiny_model_dir, pairs())
+    ours = train(
+        SGPODPOTrainer, config(SGPODPOConfig, tmp_path, logps_backend="sgpo", **options), tiny_model_dir, pairs()
+    )
+    assert_same_training(ours, theirs, tolerance=1e-5, param_tolerance=1e-4)
+
+
+def test_sgpo_backend_forwards_each_prompt_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The policy's decoder sees each pair's prompt alone (one row) and then its two responses (two rows)."""
+    args = config(SGPODPOConfig, tmp_path, logps_backend="sgpo", precompute_ref_log_probs=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    trainer = SGPODPOTrainer(model=str(tiny_model_dir), args=args, train_dataset=pairs(), processing_class=tokenizer)
+    rows: list[int] = []
+    decoder = trainer.model.get_decoder()
+    handle = decoder.register_forward_pre_hook(
+        lambda module, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        trainer.train()
+    finally:
+        handle.remove()
+    steps, pairs_per_step = args.max_steps, args.per_device_train_batch_size
+    assert rows.count(1) == steps * pairs_per_step
+    assert set(rows) <= {1, 2} and rows.count(2) >= 1
+
+
 def hand_logps(model_dir: Path, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Chosen and rejected log-probs of a collated TRL batch from the plain logits and sgpo.ops.sequence_logps."""
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -181,11 +210,18 @@ def one_full_batch_step(tmp_path: Path, **overrides) -> SGPODPOConfig:
     return config(SGPODPOConfig, tmp_path, **options)
 
 
-@pytest.mark.parametrize("space", ["probability", "margin"])
+@pytest.mark.parametrize(("space", "logps_backend"), [("probability", "trl"), ("margin", "trl"), ("margin", "sgpo")])
 def test_ssapo_batch_mode_equals_follower_then_loss_by_hand(
-    tiny_model_dir: Path, reference_dir: Path, tmp_path: Path, space: str
+    tiny_model_dir: Path, reference_dir: Path, tmp_path: Path, space: str, logps_backend: str
 ) -> None:
-    args = one_full_batch_step(tmp_path, loss_type="ssapo", ssapo_epsilon=0.05, ssapo_pieces=4, ssapo_space=space)
+    args = one_full_batch_step(
+        tmp_path,
+        loss_type="ssapo",
+        ssapo_epsilon=0.05,
+        ssapo_pieces=4,
+        ssapo_space=space,
+        logps_backend=logps_backend,
+    )
     reference = AutoModelForCausalLM.from_pretrained(reference_dir)
     dataset = pairs()
     trainer = train(SGPODPOTrainer, args, tiny_model_dir, dataset, ref_model=reference)

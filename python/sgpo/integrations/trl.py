@@ -5,7 +5,10 @@ TRL 1.x computes its DPO loss inline in ``DPOTrainer._compute_loss`` and offers 
 dataset tokenisation and collation, the fused LM head that gives per-token log-probs without materialising the logits,
 the reference log-probs (a reference model, the PEFT adapter disabled, or ``precompute_ref_log_probs``), and the
 ``rewards/*`` and ``logps/*`` metrics. ``logps_backend="sgpo"`` swaps TRL's log-prob head for
-:func:`sgpo.ops.fused_linear_sequence_logps` on the policy's last hidden states.
+:func:`sgpo.ops.fused_linear_sequence_logps`, projecting response tokens only, and (on one process, without gradient
+checkpointing) forwards each pair's prompt once for both responses (:mod:`sgpo.integrations.shared_prompt`), for the
+policy and the reference alike. Where the loss is a mean over pairs (every loss but ssapo's ``"batch"`` follower), a
+training step then runs forward and backward one pair at a time, so only one pair's activations are held at once.
 
 ``ssapo`` runs in one of two modes (``SGPODPOConfig.ssapo_worst_case``):
 
@@ -22,21 +25,25 @@ names them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import is_peft_model
 from packaging.specifiers import SpecifierSet
 
 import sgpo
+from sgpo.integrations.shared_prompt import Pair, decoder_and_head, pairs_logps, split_pairs
 from sgpo.pipeline.distributed import enable_cpu_fsdp, head_sequence_logps
 from sgpo.reference import LOSS_TYPES, SPACES, PreferenceLosses
 
 try:
     import trl
     from trl import DPOConfig, DPOTrainer
+    from trl.trainer.utils import use_adapter
 except ImportError as err:
     raise ImportError("sgpo.integrations.trl needs TRL: pip install 'sgpo[trl]'") from err
 
@@ -60,6 +67,8 @@ LOGPS_BACKENDS: tuple[str, ...] = ("trl", "sgpo")
 
 # batch keys the trainer itself consumes; everything else in a collated batch goes to the model's forward
 _TRL_NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
+# a batch with any other key (pixel values, token type ids) takes the model's own forward
+_SHARED_PROMPT_KEYS = _TRL_NON_MODEL_KEYS | {"input_ids", "attention_mask"}
 # sgpo loss types that take DPOConfig.label_smoothing
 _SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")
 
@@ -78,9 +87,18 @@ class SGPODPOConfig(DPOConfig):
     logps_backend: str = field(
         default="trl",
         metadata={
-            "help": "Op computing the policy's log-probs: 'trl' (TRL's fused LM head) or 'sgpo' "
-            "(sgpo.ops.fused_linear_sequence_logps on the last hidden states and the lm_head weight).",
+            "help": "Op computing the log-probs: 'trl' (TRL's fused LM head) or 'sgpo' "
+            "(sgpo.ops.fused_linear_sequence_logps on response tokens only, each prompt forwarded once per pair, "
+            "and for per-pair losses forward and backward one pair at a time).",
             "choices": list(LOGPS_BACKENDS),
+        },
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Recompute activations in the backward. Default: on with logps_backend='trl' (TRL's default), off "
+            "with 'sgpo', whose step holds one pair's activations at a time and needs the cache checkpointing disables "
+            "to forward each prompt once."
         },
     )
     ipo_length_normalized: bool = field(
@@ -120,6 +138,8 @@ class SGPODPOConfig(DPOConfig):
     )
 
     def __post_init__(self) -> None:
+        if self.gradient_checkpointing is None:
+            self.gradient_checkpointing = self.logps_backend == "trl"
         super().__post_init__()
         unknown = [name for name in self.loss_type if name not in LOSS_TYPES]
         if unknown:
@@ -296,7 +316,94 @@ class SGPODPOTrainer(DPOTrainer):
 
     def compute_ref_log_probs(self, model: Any, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = {k: v for k, v in inputs.items() if k not in self._sgpo_columns}
-        return super().compute_ref_log_probs(model, inputs)
+        shared = self._shared_prompt(model, inputs)
+        if shared is None:
+            return super().compute_ref_log_probs(model, inputs)
+        pairs, parts = shared
+        adapter = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.model):
+            # TRL's reference under PEFT: the adapter named "ref" when there is one, else every adapter disabled
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with torch.no_grad(), adapter, self.accelerator.autocast():
+            return pairs_logps(model, pairs, parts)
+
+    def _shared_prompt(self, model: Any, inputs: Mapping[str, Any]) -> tuple[list[Pair], Any] | None:
+        """The batch's pairs and ``model``'s (decoder, head) when the prompt-sharing forward applies, else None.
+
+        It needs ``logps_backend="sgpo"``, one process (a DDP or FSDP wrapper's hooks expect one forward per
+        backward), no gradient checkpointing (it turns the cache off), no MoE auxiliary loss (it is not per pair), a
+        plain causal LM (:func:`sgpo.integrations.shared_prompt.decoder_and_head`) and a text batch in TRL's layout.
+        """
+        if (
+            self.args.logps_backend != "sgpo"
+            or self.accelerator.num_processes > 1
+            or self.is_deepspeed_enabled
+            or self.is_fsdp_enabled
+            or self.args.gradient_checkpointing
+            or self.aux_loss_enabled
+            or set(inputs) - _SHARED_PROMPT_KEYS - set(self._sgpo_columns)
+        ):
+            return None
+        parts = decoder_and_head(self.accelerator.unwrap_model(model))
+        if parts is None:
+            return None
+        pairs = split_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        return None if pairs is None else (pairs, parts)
+
+    def _per_pair_loss(self) -> bool:
+        # ssapo's batch follower couples the pairs; every other loss is a mean of per-pair terms
+        return not ("ssapo" in self.loss_types and self.args.ssapo_worst_case == "batch")
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+        shared = self._shared_prompt(model, inputs) if self._per_pair_loss() else None
+        if shared is None:
+            return super().training_step(model, inputs, num_items_in_batch)
+        pairs, parts = shared
+        with self.maybe_activation_offload_context:
+            model.train()
+            if callable(getattr(self.optimizer, "train", None)):
+                self.optimizer.train()
+            inputs = self._prepare_inputs(inputs)
+            # the scaling transformers' Trainer.training_step applies to the loss before its backward
+            scaled = getattr(self, "loss_is_scaled_for_ga", None)
+            if scaled is None:
+                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
+                    self.compute_loss_func is not None
+                )
+            scale = 1.0 if scaled else 1.0 / self.current_gradient_accumulation_steps
+            with self.compute_loss_context_manager():
+                return self._pair_by_pair_step(model, inputs, pairs, parts, scale)
+
+    def _pair_by_pair_step(
+        self, model: Any, inputs: dict[str, Any], pairs: list[Pair], parts: Any, scale: float
+    ) -> torch.Tensor:
+        """Forward and backward one pair at a time: the gradient of the batch's mean loss, one pair's activations."""
+        if self.precompute_ref_logps:
+            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        else:
+            reference = self.ref_model if self.ref_model is not None else self.model
+            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(reference, inputs)
+        chosen_lengths, rejected_lengths = inputs["completion_mask"].sum(dim=1).clamp(min=1).chunk(2, dim=0)
+        n = len(pairs)
+        total, chosen_logps, rejected_logps = 0.0, [], []
+        for i, pair in enumerate(pairs):
+            rows = slice(i, i + 1)
+            chosen, rejected = pairs_logps(model, [pair], parts)
+            logps = (chosen, rejected, ref_chosen_logps[rows], ref_rejected_logps[rows])
+            columns = {key: inputs[key][rows] for key in self._sgpo_columns}
+            lengths = (chosen_lengths[rows], rejected_lengths[rows])
+            loss = 0.0
+            for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
+                loss = loss + self._pair_losses(loss_type, logps, columns, lengths, "train").losses.sum() * loss_weight
+            self.accelerator.backward(loss * (scale / n))
+            total = total + loss.detach()
+            chosen_logps.append(chosen.detach())
+            rejected_logps.append(rejected.detach())
+        logps = (torch.cat(chosen_logps), torch.cat(rejected_logps), ref_chosen_logps, ref_rejected_logps)
+        seq_len = inputs["completion_mask"].size(1) - 1
+        self._log_metrics("train", inputs, None, seq_len, logps)
+        return total * (scale / n)
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -311,16 +418,21 @@ class SGPODPOTrainer(DPOTrainer):
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
         # prompt-learning PEFT prepends virtual tokens to the outputs; the real positions are the last ones
         seq_len = completion_mask.size(1) - 1
-        if self.args.logps_backend == "trl":
-            outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-            logps = outputs.log_probs[:, -seq_len:].sum(dim=1)
+        shared = self._shared_prompt(model, inputs)
+        if shared is not None:
+            outputs = None
+            chosen_logps, rejected_logps = pairs_logps(model, *shared)
         else:
-            # logits_to_keep=1: through the model's own forward (DDP hooks intact) without the (B, T, V) logits
-            outputs = model(**model_kwargs, logits_to_keep=1, output_hidden_states=True)
-            hidden = outputs.hidden_states[-1][:, -(seq_len + 1) : -1]
-            head = self.accelerator.unwrap_model(model).get_output_embeddings()
-            logps = head_sequence_logps(head, hidden, labels[:, 1:])
-        chosen_logps, rejected_logps = logps.chunk(2, dim=0)
+            if self.args.logps_backend == "trl":
+                outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+                logps = outputs.log_probs[:, -seq_len:].sum(dim=1)
+            else:
+                # logits_to_keep=1: through the model's own forward (DDP hooks intact) without the (B, T, V) logits
+                outputs = model(**model_kwargs, logits_to_keep=1, output_hidden_states=True)
+                hidden = outputs.hidden_states[-1][:, -(seq_len + 1) : -1]
+                head = self.accelerator.unwrap_model(model).get_output_embeddings()
+                logps = head_sequence_logps(head, hidden, labels[:, 1:])
+            chosen_logps, rejected_logps = logps.chunk(2, dim=0)
 
         if self.precompute_ref_logps:
             ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]

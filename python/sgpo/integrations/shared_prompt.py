@@ -1,0 +1,145 @@
+"""Sequence log-probs of preference pairs with each prompt forwarded once.
+
+A collated preference batch holds every prompt twice, once before its chosen and once before its rejected response,
+and the LM head is usually applied to every position. Here each pair's prompt goes through the decoder once, its key
+and value cache is shared by the two responses, and the head projects only response tokens
+(:func:`sgpo.ops.fused_linear_sequence_logps`), never holding a (tokens, vocabulary) tile wider than the op's chunk.
+The gradient through the shared prompt is the sum of what the two full sequences would send it: the same math as two
+separate forwards.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from sgpo.pipeline.distributed import head_sequence_logps
+
+# config attributes by which a model rescales or caps its logits; sgpo's head op applies neither
+_LOGIT_TRANSFORMS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "output_multiplier",
+    "lm_head_multiplier",
+    "logits_scaling",
+)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference pair's token ids: the shared prompt and the two responses, unpadded, 1-D."""
+
+    prompt: torch.Tensor
+    chosen: torch.Tensor
+    rejected: torch.Tensor
+
+
+def split_pairs(
+    input_ids: torch.Tensor, attention_mask: torch.Tensor, completion_mask: torch.Tensor
+) -> list[Pair] | None:
+    """The pairs of a TRL preference batch (chosen rows stacked over rejected rows, right-padded), or None.
+
+    None when some pair's two rows do not start with the same non-empty prompt followed by one run of response tokens
+    (a truncated prompt, another collator's layout): those batches need the plain forward.
+    """
+    if input_ids.dim() != 2 or input_ids.shape[0] % 2:
+        return None
+    rows = input_ids.shape[0] // 2
+    attended, completion = attention_mask.bool(), completion_mask.bool()
+    lengths = attended.sum(dim=1)
+    prompt_lengths = (attended & ~completion).sum(dim=1)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    prompt_part = positions < prompt_lengths.unsqueeze(1)
+    response_part = ~prompt_part & (positions < lengths.unsqueeze(1))
+    if not (torch.equal(attended, prompt_part | response_part) and torch.equal(completion, response_part)):
+        return None
+    pairs = []
+    for i in range(rows):
+        prompt_length, length = int(prompt_lengths[i]), int(lengths[i])
+        rejected_row = i + rows
+        if prompt_length < 1 or int(prompt_lengths[rejected_row]) != prompt_length:
+            return None
+        prompt = input_ids[i, :prompt_length]
+        if not torch.equal(prompt, input_ids[rejected_row, :prompt_length]):
+            return None
+        chosen = input_ids[i, prompt_length:length]
+        rejected = input_ids[rejected_row, prompt_length : int(lengths[rejected_row])]
+        if chosen.numel() == 0 and rejected.numel() == 0:
+            return None
+        pairs.append(Pair(prompt, chosen, rejected))
+    return pairs
+
+
+def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """(decoder stack, LM head) of a plain causal LM (or the base of a PEFT model), or None where the shared-prompt
+    forward would not give the model's own log-probs: prompt-learning PEFT (virtual tokens), encoder-decoders,
+    multimodal wrappers, a head that is not a plain ``nn.Linear`` (a LoRA-wrapped head), rescaled or capped logits."""
+    active = getattr(model, "active_peft_config", None)
+    if active is not None:
+        if active.is_prompt_learning:
+            return None
+        model = model.get_base_model()
+    config = getattr(model, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False) or config.get_text_config() is not config:
+        return None
+    if any(getattr(config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None
+    head = model.get_output_embeddings()
+    decoder = getattr(model, "base_model", None)
+    if type(head) is not nn.Linear or decoder is None or decoder is model:
+        return None
+    return decoder, head
+
+
+def _cache_argument(decoder: nn.Module) -> str:
+    # transformers 5.x renamed past_key_values to cache (the old name warns until 5.40, then goes)
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+
+
+def pair_logps(decoder: nn.Module, head: nn.Linear, pair: Pair) -> torch.Tensor:
+    """(2,) float32: the summed log-probs of the chosen and the rejected response given the prompt."""
+    prompt = pair.prompt.unsqueeze(0)
+    device = prompt.device
+    out = decoder(input_ids=prompt, use_cache=True)
+    cache = getattr(out, "cache", None)
+    if cache is None:
+        cache = out.past_key_values
+    last = out.last_hidden_state[:, -1:].expand(2, -1, -1)
+    width = max(pair.chosen.numel(), pair.rejected.numel())
+    responses = torch.zeros(2, width, dtype=prompt.dtype, device=device)
+    mask = torch.zeros(2, width, dtype=torch.long, device=device)
+    for row, tokens in enumerate((pair.chosen, pair.rejected)):
+        responses[row, : tokens.numel()] = tokens
+        mask[row, : tokens.numel()] = 1
+    labels = responses.masked_fill(mask == 0, -100)
+    if width == 1:
+        hidden = last
+    else:
+        # the last response token predicts nothing, so it is not fed; the prompt's last state predicts the first
+        cache.batch_repeat_interleave(2)
+        start = prompt.shape[1]
+        attention = torch.cat([mask.new_ones(2, start), mask[:, :-1]], dim=1)
+        positions = torch.arange(start, start + width - 1, device=device).expand(2, -1)
+        rest = decoder(
+            input_ids=responses[:, :-1],
+            attention_mask=attention,
+            position_ids=positions,
+            use_cache=True,
+            **{_cache_argument(decoder): cache},
+        ).last_hidden_state
+        hidden = torch.cat([last, rest], dim=1)
+    return head_sequence_logps(head, hidden, labels)
+
+
+def pairs_logps(model: nn.Module, pairs: list[Pair], parts: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) log-probs, (n,) each, of ``pairs`` through ``model`` (see :func:`pair_logps`).
+
+    ``parts`` is ``decoder_and_head(model)`` when the caller already has it.
+    """
+    decoder, head = parts if parts is not None else decoder_and_head(model)
+    logps = torch.stack([pair_logps(decoder, head, pair) for pair in pairs])
+    return logps[:, 0], logps[:, 1]
