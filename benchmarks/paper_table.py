@@ -440,20 +440,28 @@ class Table:
         a = self.args
         (self.out / "logs").mkdir(exist_ok=True)
         began = time.perf_counter()
-        self.results["initial"] = {"mean_score": self.evaluate(INITIAL, "initial")["mean_score"]}
         chosen = [v for v in variants(self.task.judge) if v.row in a.rows and self.available(v)]
+        if getattr(a, "table_only", False):
+            return self.print_table(chosen)
+        self.results["initial"] = {"mean_score": self.evaluate(INITIAL, "initial")["mean_score"]}
         # donors first, so a run that waits for its round 0 never holds a slot for long
         needed = {v.donor for v in chosen if v.donor}
         todo = [v for v in variants(self.task.judge) if v.name in needed and v not in chosen] + chosen
         todo.sort(key=lambda v: (v.iterative, v.row))
+
+        def finished(v: Variant, seed: int) -> bool:
+            return any(f"{name}_s{seed}" in self.results for name in (v.name, SAME_RUN.get(v.name)))
+
         futures: dict[str, Future] = {}
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
             for seed in a.seeds:
+                # the donors whose round 0 an unfinished iterative run of this seed still needs
+                waiting = {v.donor for v in chosen if v.donor and not finished(v, seed)}
                 for v in todo:
                     key = f"{v.name}_s{seed}"
                     if key in futures or f"{SAME_RUN.get(v.name, '')}_s{seed}" in futures:
                         continue
-                    if key in self.results and not (v.name in needed and self.lost_round0(v, seed)):
+                    if key in self.results and not (v.name in waiting and self.lost_round0(v, seed)):
                         done: Future = Future()
                         done.set_result(None)
                         futures[key] = done
@@ -474,22 +482,66 @@ class Table:
         a = self.args
         lines = [
             f"| row | method | mean {self.task.judge} score | paired difference vs initial [95% CI] | win rate % "
-            "| KL | annotator agrees with held-out gold % | gold agrees with round labels % | mass moved % | "
-            "train wall time (s) | seeds |",
-            "|---" * 11 + "|",
+            "| difference vs DPO on the seed [95% CI] | KL | annotator agrees with held-out gold % "
+            "| gold agrees with round labels % | mass moved % | train wall time (s) | seeds |",
+            "|---" * 12 + "|",
         ]
         if 1 in a.rows:
             score = self.results["initial"]["mean_score"]
-            lines.append(f"| 1 | initial model ({INITIAL}) | {score:.3f} | - | 50.0 | 0 | - | - | - | 0 | - |")
+            lines.append(f"| 1 | initial model ({INITIAL}) | {score:.3f} | - | 50.0 | - | 0 | - | - | - | 0 | - |")
         for v in chosen:
             found = [self.results[f"{v.name}_s{s}"] for s in a.seeds if f"{v.name}_s{s}" in self.results]
             if found:
                 label = v.label + (f" ({found[0]['seed_pairs']} seed pairs)" if v.row == 10 else "")
-                lines.append(f"| {v.row} | {label} | " + " | ".join(hidden_row(found)) + " |")
+                cells = hidden_row(found)
+                cells.insert(3, self.versus_seed(v, a.seeds))
+                lines.append(f"| {v.row} | {label} | " + " | ".join(cells) + " |")
+        lines += self.fitness(a.seeds)
         table = "\n".join(lines)
         (self.out / "table.md").write_text(table + "\n")
         print(table)
         print(f"wall time of the table: {self.results['_wall_seconds'] / 60:.1f} min with {a.jobs} jobs")
+
+    def scores(self, name: str, seed: int) -> np.ndarray | None:
+        """Per-prompt gold scores of a finished row's evaluation (the same prompts and per-row seeds for all)."""
+        entry = self.results.get(f"{name}_s{seed}")
+        if not entry or "run_dir" not in entry:
+            return None
+        path = self.out / "eval" / Path(entry["run_dir"]).name / "eval.json"
+        return np.asarray(json.loads(path.read_text())["results"][0]["scores"]) if path.is_file() else None
+
+    def versus_seed(self, variant: Variant, seeds: list[int]) -> str:
+        """The row against DPO on the same seed pairs, prompt by prompt, pooled over the seeds both ran."""
+        from sgpo.evaluation.statistics import bootstrap_mean
+
+        reference = "flip_dpo" if variant.seed_pairs == "flipped" else "dpo_seed"
+        if variant.seed_scale != 1.0:
+            reference = f"size_dpo_x{variant.seed_scale:g}"
+        if variant.name in (reference, SAME_RUN.get(reference)) or SAME_RUN.get(variant.name) == reference:
+            return "-"
+        diffs = []
+        for seed in seeds:
+            mine, theirs = self.scores(variant.name, seed), self.scores(SAME_RUN.get(reference, reference), seed)
+            if mine is not None and theirs is not None:
+                diffs.append(mine - theirs)
+        if not diffs:
+            return "-"
+        d = bootstrap_mean(np.concatenate(diffs))
+        return f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+
+    def fitness(self, seeds: list[int]) -> list[str]:
+        """Whether the track separates labels (DESIGN 5): full gold against the seed in standard errors, per seed."""
+        lines = []
+        for seed in seeds:
+            gold, seed_only = self.scores("dpo_gold", seed), self.scores("dpo_seed", seed)
+            if gold is None or seed_only is None:
+                continue
+            diff = gold - seed_only
+            z = diff.mean() / (diff.std(ddof=1) / math.sqrt(diff.size))
+            lines.append(
+                f"- seed {seed}: DPO on 100% gold - DPO on the seed = {diff.mean():+.3f} ({z:.1f} standard errors)"
+            )
+        return ["", *lines] if lines else []
 
     def print_table(self, chosen: list[Variant]) -> None:
         if self.task.hidden:
@@ -693,6 +745,9 @@ def main() -> None:
         type=int,
         default=None,
         help="gold seed pairs (hidden: hidden.yaml's; verifiable: the bundled 16)",
+    )
+    parser.add_argument(
+        "--table-only", action="store_true", help="print the table and plots of the results so far; run nothing"
     )
     parser.add_argument(
         "--quick", action="store_true", help="rows 1-5, seed 1, 64 prompts: an install check (hidden: under an hour)"
