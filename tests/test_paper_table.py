@@ -228,3 +228,33 @@ def test_frontier_and_seed_size_plots_draw_every_seed(table, tmp_path: Path) -> 
     assert spreads[0] == pytest.approx(np.std([0.05, 0.07], ddof=1)) and spreads[2] == 0.0
     assert curves["ssapo"][0] == [16.0]
     assert (tmp_path / "frontier.png").stat().st_size > 0 and (tmp_path / "seed_size.png").stat().st_size > 0
+
+
+def test_rows_against_dpo_on_the_seed_are_paired_and_pooled_over_seeds(table, tmp_path: Path) -> None:
+    args = table.argparse.Namespace(
+        out=str(tmp_path), task="hidden:structure", rounds=2, prompts_per_round=32, max_new_tokens=None, seed_size=16
+    )
+    t = table.Table(args)
+    rng = np.random.default_rng(0)
+    scores = {}
+    for name in ("dpo_seed", "dpo_gold", "iter_dpo"):
+        for seed in (1, 2):
+            scores[name, seed] = rng.uniform(size=64) + (0.5 if name == "dpo_gold" else 0.0)
+            run = f"{name}_s{seed}"
+            (tmp_path / "eval" / run).mkdir(parents=True)
+            (tmp_path / "eval" / run / "eval.json").write_text(
+                json.dumps({"results": [{"scores": scores[name, seed].tolist()}]})
+            )
+            t.results[run] = {"run_dir": str(tmp_path / "runs" / run)}
+    iterative = next(v for v in table.variants("structure") if v.name == "iter_dpo")
+    cell = t.versus_seed(iterative, [1, 2])
+    pooled = np.concatenate([scores["iter_dpo", s] - scores["dpo_seed", s] for s in (1, 2)])
+    assert cell.startswith(f"{pooled.mean():+.3f} [")
+    # a seed without the reference's evaluation is left out; DPO on the seed is not compared with itself
+    assert t.versus_seed(iterative, [1, 3]).startswith(f"{(scores['iter_dpo', 1] - scores['dpo_seed', 1]).mean():+.3f}")
+    assert t.versus_seed(next(v for v in table.variants("structure") if v.name == "dpo_seed"), [1, 2]) == "-"
+    lines = t.fitness([1, 2])
+    diff = scores["dpo_gold", 1] - scores["dpo_seed", 1]
+    z = diff.mean() / (diff.std(ddof=1) / np.sqrt(64))
+    assert lines[1] == f"- seed 1: DPO on 100% gold - DPO on the seed = {diff.mean():+.3f} ({z:.1f} standard errors)"
+    assert len(lines) == 3
