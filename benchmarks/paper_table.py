@@ -8,7 +8,10 @@ for README "Results" and writes it, with every number, to ``--out``. Two tracks 
 - ``hidden:<rubric>``: the ``hidden`` recipe, open prompts judged by a rubric of :mod:`sgpo.evaluation.rubrics`; the
   seed is the first ``--seed-size`` pairs of the bundled pool, the 100% gold row adds the gold pairs of every prompt
   the rounds see (made once with ``sgpo label`` and cached), and evaluations report paired score differences with
-  bootstrap intervals, KL and the annotator's agreement with held-out gold pairs.
+  bootstrap intervals, KL and the annotator's agreement with held-out gold pairs;
+- ``package.module:Class``: any judge (a rubric or reward model of your own) on the hidden track's prompts; its gold
+  pool and held-out pairs are labelled once with ``sgpo label`` (``--pool-prompts``, ``--heldout-prompts``; cached
+  under ``--out``/gold), then the table runs as on a bundled rubric.
 
 Rows: 1 initial model; 2 DPO on the seed; 3 DPO on 100% gold; 4 iterative self-annotated DPO (epsilon = 0); 5 SSAPO,
 exact follower, probability and margin space; 6 SSAPO with the paper's follower; 7 SPPO with the self-annotator's and
@@ -37,7 +40,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -187,25 +190,46 @@ def flipped_seed(out: Path, seed: int, source: Path | None = None) -> Path:
 
 @dataclass(frozen=True)
 class Task:
-    """Which track a table runs: its recipe, gold judge, seed, 100% gold pairs and evaluation options."""
+    """Which track a table runs: its recipe, gold judge, seed, 100% gold pairs and evaluation options.
+
+    ``hidden``: a rubric of :mod:`sgpo.evaluation.rubrics` with its bundled pool and held-out pairs; ``custom``: any
+    judge class (``package.module:Class``) on the hidden track's prompts, whose pool and held-out pairs
+    :func:`label_pool` makes with ``sgpo label`` (``pool`` and ``heldout`` are set once they exist).
+    """
 
     kind: str
     rubric: str | None = None
+    pool: Path | None = None
+    heldout: Path | None = None
 
     @classmethod
     def parse(cls, text: str) -> Task:
+        from sgpo.evaluation.rubrics import RUBRICS
+
+        expected = f"'verifiable', 'hidden:<{'|'.join(RUBRICS)}>' or 'package.module:Class'"
         if text == "verifiable":
             return cls("verifiable")
         kind, _, rubric = text.partition(":")
-        from sgpo.evaluation.rubrics import RUBRICS
+        if kind == "hidden":
+            if rubric not in RUBRICS:
+                raise ValueError(f"--task: expected {expected}, got {text!r}")
+            return cls(
+                "hidden", rubric, bundled(f"hidden_{rubric}_pool.jsonl"), bundled(f"hidden_{rubric}_heldout.jsonl")
+            )
+        if not rubric:
+            raise ValueError(f"--task: expected {expected}, got {text!r}")
+        from sgpo.pipeline.judges import check_judge_class
 
-        if kind != "hidden" or rubric not in RUBRICS:
-            raise ValueError(f"--task: expected 'verifiable' or 'hidden:<{'|'.join(RUBRICS)}>', got {text!r}")
-        return cls("hidden", rubric)
+        try:
+            check_judge_class(text, "--task")
+        except ValueError as err:
+            raise ValueError(f"{err} (expected {expected})") from err
+        return cls("custom", text)
 
     @property
     def hidden(self) -> bool:
-        return self.kind == "hidden"
+        """Whether the table runs on the hidden track's open prompts (a rubric or a judge class)."""
+        return self.kind in ("hidden", "custom")
 
     @property
     def config(self) -> str:
@@ -215,26 +239,73 @@ class Task:
     def judge(self) -> str:
         return self.rubric or "verifiable"
 
+    @property
+    def slug(self) -> str:
+        """The judge's name in file names."""
+        return "".join(c if c.isalnum() else "_" for c in self.judge)
+
     def seed_file(self, out: Path, size: int, seed: int = 1, block: int | None = None) -> Path:
-        """The hidden track's seed for table seed ``seed``: ``size`` pairs of the rubric's pool (stored in a seeded
+        """The hidden track's seed for table seed ``seed``: ``size`` pairs of the judge's pool (stored in a seeded
         order) from offset ``(seed - 1) * block``, so each table seed draws its own pairs (seed 1: the pool's first)
         and a smaller seed of row 10 is a subset of the larger ones on the same table seed."""
-        pool = read_jsonl(bundled(f"hidden_{self.rubric}_pool.jsonl"))
+        if self.pool is None:
+            raise ValueError(f"--task {self.judge}: its gold pool is not labelled yet")
+        pool = read_jsonl(self.pool)
         start = (seed - 1) * (size if block is None else block)
         if start + size > len(pool):
             raise ValueError(
-                f"--seed-size: the {self.rubric} pool holds {len(pool)} pairs, seed {seed} asks for pairs "
+                f"--seed-size: the {self.judge} pool holds {len(pool)} pairs, seed {seed} asks for pairs "
                 f"{start}..{start + size - 1}"
             )
-        path = out / f"seed_{self.rubric}_{size}{'' if seed == 1 else f'_s{seed}'}.jsonl"
+        path = out / f"seed_{self.slug}_{size}{'' if seed == 1 else f'_s{seed}'}.jsonl"
         write_jsonl(path, pool[start : start + size])
         return path
 
     def eval_args(self) -> list[str]:
         if not self.hidden:
             return []
-        heldout = bundled(f"hidden_{self.rubric}_heldout.jsonl")
-        return ["--prompts", "hidden", "--judge", self.judge, "--agreement-pairs", str(heldout), "--batch-size", "32"]
+        return [
+            "--prompts",
+            "hidden",
+            "--judge",
+            self.judge,
+            "--agreement-pairs",
+            str(self.heldout),
+            "--batch-size",
+            "32",
+        ]
+
+
+def label_pool(
+    task: Task, out: Path, call: Any, *, model: str = INITIAL, pool_prompts: int, heldout_prompts: int
+) -> Task:
+    """A judge class's gold data, made once with ``sgpo label`` (cached) the way the bundled rubrics' was made
+    (scripts/make_hidden_data.py): 4 samples of ``model`` for each of the first ``pool_prompts + heldout_prompts``
+    prompts of the hidden track's train split, 48 new tokens, seed 0; the best against the worst sample of the first
+    ``pool_prompts`` prompts in a seeded random order is the pool, those of the rest the held-out pairs.
+
+    ``call(command, log)`` runs a command. Returns ``task`` with its pool and held-out files."""
+    gold = out / "gold"
+    gold.mkdir(parents=True, exist_ok=True)
+    labelled = gold / f"label_{task.slug}.jsonl"
+    if not labelled.with_suffix(".json").is_file():
+        command = [sys.executable, "-m", "sgpo", "label", model, "--judge", task.judge, "--prompts", "hidden"]
+        command += ["--split", "train", "--samples", "4", "--budget", str(pool_prompts + heldout_prompts)]
+        command += ["--max-new-tokens", "48", "--seed", "0", "--out", str(labelled), "--quiet", "--threads", "1"]
+        call(command, out / "logs" / f"label_{task.slug}.log")
+    pairs = read_jsonl(labelled)
+    pool = [p for p in pairs if p["index"] < pool_prompts]
+    heldout = [p for p in pairs if p["index"] >= pool_prompts]
+    if not pool or not heldout:
+        raise ValueError(
+            f"--task {task.judge}: the judge separated the samples of {len(pool)} pool and {len(heldout)} held-out "
+            "prompts; a table needs both (a judge that scores every sample equal gives no pair)"
+        )
+    order = np.random.default_rng(0).permutation(len(pool))
+    pool_file, heldout_file = gold / f"{task.slug}_pool.jsonl", gold / f"{task.slug}_heldout.jsonl"
+    write_jsonl(pool_file, [pool[int(i)] for i in order])
+    write_jsonl(heldout_file, heldout)
+    return replace(task, pool=pool_file, heldout=heldout_file)
 
 
 def verifiable_seed(out: Path, size: int) -> Path:
@@ -295,6 +366,15 @@ class Table:
         self.label_lock = threading.Lock()
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
         self.task = Task.parse(args.task)
+        if self.task.kind == "custom":
+            (self.out / "logs").mkdir(exist_ok=True)
+            self.task = label_pool(
+                self.task,
+                self.out,
+                self.call,
+                pool_prompts=getattr(args, "pool_prompts", 192),
+                heldout_prompts=getattr(args, "heldout_prompts", 64),
+            )
         self.max_new_tokens = args.max_new_tokens or (48 if self.task.hidden else 80)
         self.base = [
             f"rounds={args.rounds}",
@@ -402,6 +482,9 @@ class Table:
         command = [sys.executable, "-m", "sgpo", "run", self.task.config, *self.base, *variant.overrides]
         if self.task.hidden:
             command += ["data.max_seed_pairs=null", f"evaluate.judge.name={self.task.judge}"]
+            if self.task.heldout.name != Path(self.config.judge.agreement_pairs or "").name:
+                # the annotator's agreement is measured on the task's own held-out pairs, not the recipe's rubric's
+                command += [f"judge.agreement_pairs={self.task.heldout}"]
         seed_file = self.seed_pairs(variant, seed)
         command += [f"seed={seed}", f"data.seed_pairs={seed_file}", f"round0.epochs={self.round0_epochs(seed_file)}"]
         command += [f"output_dir={run_dir}"]
@@ -739,7 +822,18 @@ def main() -> None:
         "--max-new-tokens", type=int, default=None, help="the rounds' sampling and the evaluation (80; hidden: 48)"
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs side by side, one thread each")
-    parser.add_argument("--task", default="verifiable", help="verifiable | hidden:warmth|concreteness|structure")
+    parser.add_argument(
+        "--task",
+        default="verifiable",
+        help="verifiable | hidden:warmth|concreteness|structure | package.module:Class (any judge; its gold pool and "
+        "held-out pairs are labelled once with sgpo label)",
+    )
+    parser.add_argument(
+        "--pool-prompts", type=int, default=192, help="a judge class's task: prompts whose gold pairs make its pool"
+    )
+    parser.add_argument(
+        "--heldout-prompts", type=int, default=64, help="a judge class's task: prompts of its held-out gold pairs"
+    )
     parser.add_argument(
         "--seed-size",
         type=int,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 import types
 from pathlib import Path
@@ -200,7 +201,8 @@ def test_hidden_task_seed_flips_and_gold_from_the_rubric_pool(table, tmp_path: P
     assert (
         args[:4] == ["--prompts", "hidden", "--judge", "warmth"] and str(data / "hidden_warmth_heldout.jsonl") in args
     )
-    with pytest.raises(ValueError, match="--task: expected 'verifiable' or 'hidden:<warmth|concreteness|structure>'"):
+    expected = "--task: expected 'verifiable', 'hidden:<warmth|concreteness|structure>' or 'package.module:Class'"
+    with pytest.raises(ValueError, match=re.escape(expected)):
         table.Task.parse("hidden:tone")
     assert table.Task.parse("verifiable").eval_args() == []
     # SPPO's preference model is the task's gold judge
@@ -258,3 +260,40 @@ def test_rows_against_dpo_on_the_seed_are_paired_and_pooled_over_seeds(table, tm
     z = diff.mean() / (diff.std(ddof=1) / np.sqrt(64))
     assert lines[1] == f"- seed 1: DPO on 100% gold - DPO on the seed = {diff.mean():+.3f} ({z:.1f} standard errors)"
     assert len(lines) == 3
+
+
+def test_a_judge_class_task_labels_its_own_pool_once(
+    table, tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, single_thread: None
+) -> None:
+    from sgpo.cli import main
+
+    tests = Path(__file__).resolve().parent
+    monkeypatch.syspath_prepend(str(tests))
+    with pytest.raises(ValueError, match="--task: cannot import 'test_label:NoSuchJudge'"):
+        table.Task.parse("test_label:NoSuchJudge")
+    with pytest.raises(ValueError, match="--task: expected 'verifiable', 'hidden:<warmth"):
+        table.Task.parse("hidden:tone")
+    task = table.Task.parse("test_label:LetterJudge")
+    assert (task.kind, task.config, task.hidden, task.judge, task.pool) == (
+        "custom", "hidden", True, "test_label:LetterJudge", None
+    )  # fmt: skip
+    calls = []
+
+    def call(command: list[str], log: Path) -> float:
+        calls.append(command)
+        # sgpo label in this process, on the tiny model
+        assert main(command[command.index("label") :]) == 0
+        return 0.0
+
+    labelled = table.label_pool(task, tmp_path, call, model=str(tiny_model_dir), pool_prompts=6, heldout_prompts=3)
+    pairs = table.read_jsonl(tmp_path / "gold" / "label_test_label_LetterJudge.jsonl")
+    pool, heldout = table.read_jsonl(labelled.pool), table.read_jsonl(labelled.heldout)
+    assert sorted(p["index"] for p in pool) == [p["index"] for p in pairs if p["index"] < 6]
+    assert [p["index"] for p in heldout] == [p["index"] for p in pairs if p["index"] >= 6] and heldout
+    order = np.random.default_rng(0).permutation(len(pool))
+    assert [p["index"] for p in pool] == [sorted(p["index"] for p in pool)[int(i)] for i in order]
+    assert table.read_jsonl(labelled.seed_file(tmp_path, 2)) == pool[:2]
+    assert str(labelled.heldout) in labelled.eval_args() and "test_label:LetterJudge" in labelled.eval_args()
+    # cached: a second table on the same output labels nothing
+    table.label_pool(task, tmp_path, call, model=str(tiny_model_dir), pool_prompts=6, heldout_prompts=3)
+    assert len(calls) == 1 and "--budget" in calls[0] and calls[0][calls[0].index("--budget") + 1] == "9"
