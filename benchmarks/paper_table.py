@@ -2,13 +2,13 @@
 
 Each row is one or more ``sgpo run`` calls (the task's recipe with the overrides listed in :func:`variants`), then
 ``sgpo eval`` of the last round's policy against the initial model on the held-out prompts. Prints the markdown table
-for README "Results" and writes it, with every number, to ``--out``. Two tracks (``--task``):
+for README "Results" and writes it, with every number, to ``--out``. Three kinds of task (``--task``):
 
 - ``verifiable``: the ``default`` recipe, verifiable instructions judged by :class:`sgpo.evaluation.VerifiableJudge`;
 - ``hidden:<rubric>``: the ``hidden`` recipe, open prompts judged by a rubric of :mod:`sgpo.evaluation.rubrics`; the
-  seed is the first ``--seed-size`` pairs of the bundled pool, the 100% gold row adds the gold pairs of every prompt
-  the rounds see (made once with ``sgpo label`` and cached), and evaluations report paired score differences with
-  bootstrap intervals, KL and the annotator's agreement with held-out gold pairs;
+  seed of table seed s is the s-th block of ``--seed-size`` pairs of the bundled pool, the 100% gold row adds the
+  gold pairs of every prompt the rounds see (made once with ``sgpo label`` and cached), and evaluations report paired
+  score differences with bootstrap intervals, KL and the annotator's agreement with held-out gold pairs;
 - ``package.module:Class``: any judge (a rubric or reward model of your own) on the hidden track's prompts; its gold
   pool and held-out pairs are labelled once with ``sgpo label`` (``--pool-prompts``, ``--heldout-prompts``; cached
   under ``--out``/gold), then the table runs as on a bundled rubric.
