@@ -1,91 +1,264 @@
-"""Cost of sgpo inside TRL's DPOTrainer: step time of SGPODPOTrainer configurations against trl.DPOTrainer.
+"""Cost of sgpo inside TRL's DPOTrainer: step time and peak memory of SGPODPOTrainer against trl.DPOTrainer.
 
-    python benchmarks/bench_trl.py [--model tiny|SmolLM2-135M-Instruct|DIR] [--steps 12] [--batch 4] [--threads 1]
+    python benchmarks/bench_trl.py --threads 1                      # tiny random Llama, every sgpo loss
+    python benchmarks/bench_trl.py --model SmolLM2-135M-Instruct --prompt-tokens 128 --response-tokens 128 384 \\
+        --modes lora full --steps 4 --repeats 2 --threads 1         # realistic shapes, TRL's baselines
 
-Every row trains the same model on the same pairs with the same seed; the time is the median optimizer step after the
-first (warm-up) step, and the ratio is against ``trl.DPOTrainer`` with ``loss_type="sigmoid"`` in the same run. The
-rows are run in turn, ``--repeats`` rounds, and each row keeps its best median, which damps a shared, noisy machine.
+Every row trains the same model on the same pairs with the same seed, in a fresh process: the time is the median
+optimizer step after the first (warm-up) step, the memory the process's peak resident set (VmHWM) minus its resident
+set once the libraries are imported, so it counts the model, any reference copy, the optimizer state and the step's
+activations. Rows run in turn, ``--repeats`` rounds; each keeps its best median and its lowest peak, which damps a
+shared, noisy machine. With ``--response-tokens`` the baselines are ``trl.DPOTrainer`` with its defaults (which include
+gradient checkpointing), with ``precompute_ref_log_probs=True``, with that and ``gradient_checkpointing=False`` and
+with ``use_liger_kernel=True``; ratios are against the best baseline for each measure. ``--profile`` adds, per
+configuration, where a step's time goes.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
+import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
-
-import sgpo
-import torch
-from datasets import Dataset
-from sgpo.integrations.trl import SGPODPOConfig, SGPODPOTrainer
-from sgpo.models import build_tiny_model, resolve_model
-from transformers import AutoTokenizer, TrainerCallback
-from trl import DPOConfig, DPOTrainer
+from typing import Any
 
 WORDS = "the quick brown fox jumps over a lazy dog while seven wizards quietly hum old tunes".split()
+# common English words the SmolLM2 tokenizer keeps as one token each (with their leading space)
+TEXT_WORDS = (
+    "the of and to in is it you that he was for on are as with his they at be this have from or one had by word but "
+    "not what all were we when your can said there use an each which she do how their if will up other about out "
+    "many then them these so some her would make like him into time has look two more write go see number no way "
+    "could people my than first water been call who oil its now find long down day did get come made may part"
+).split()
 
 
-class StepTimer(TrainerCallback):
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def on_step_begin(self, args, state, control, **kwargs) -> None:
-        self.start = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kwargs) -> None:
-        self.times.append(time.perf_counter() - self.start)
+def rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def pairs(n: int, length: int) -> Dataset:
+def word_pairs(n: int, length: int) -> dict[str, list]:
     """n pairs of ``length``-word responses; win probabilities and the follower's columns for the sppo/ssapo rows."""
     prompt = [" ".join(WORDS[(i + j) % len(WORDS)] for j in range(8)) + ": " for i in range(n)]
     chosen = [" ".join(WORDS[(3 * i + j) % len(WORDS)] for j in range(length)) for i in range(n)]
     rejected = [" ".join(WORDS[(5 * i + 2 * j) % len(WORDS)] for j in range(length)) for i in range(n)]
     win = [0.5 + 0.4 * ((i * 7) % n) / n for i in range(n)]
-    return Dataset.from_dict(
-        {
-            "prompt": prompt,
-            "chosen": chosen,
-            "rejected": rejected,
-            "chosen_probs_win": win,
-            "chosen_probs_lose": [1 - p for p in win],
-            "worst_case_weights": [[1.0, 0.0] for _ in range(n)],
-            "worst_case_shifts": [[0.01, 0.0] for _ in range(n)],
-        }
+    return {
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "chosen_probs_win": win,
+        "chosen_probs_lose": [1 - p for p in win],
+        "worst_case_weights": [[1.0, 0.0] for _ in range(n)],
+        "worst_case_shifts": [[0.01, 0.0] for _ in range(n)],
+    }
+
+
+def token_pairs(n: int, prompt_tokens: int, response_tokens: int) -> dict[str, list]:
+    """n pairs of random common words, about ``prompt_tokens`` / ``response_tokens`` tokens each; lengths vary by a
+    few tokens between rows so a batch has some padding, as real data does."""
+    rng = random.Random(0)
+
+    def text(words: int) -> str:
+        return " ".join(rng.choice(TEXT_WORDS) for _ in range(words))
+
+    return {
+        "prompt": [text(prompt_tokens - 4 * (i % 4)) + ":" for i in range(n)],
+        "chosen": [" " + text(response_tokens - 4 * (i % 3)) for i in range(n)],
+        "rejected": [" " + text(response_tokens - 4 * ((i + 1) % 3)) for i in range(n)],
+    }
+
+
+class Phases:
+    """Seconds per phase of the measured steps: hooks on the decoder, the head, ``accelerator.backward`` and the
+    optimizer; forward work without gradient is the reference's."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.active = False
+        self._open: dict[str, float] = {}
+
+    @contextmanager
+    def phase(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.active:
+                self.seconds[name] += time.perf_counter() - start
+
+    def wrap(self, owner: Any, attribute: str, name: str, split_reference: bool = True) -> None:
+        import torch
+
+        original = getattr(owner, attribute)
+
+        def timed(*args, **kwargs):
+            label = "reference" if split_reference and not torch.is_grad_enabled() else name
+            with self.phase(label):
+                return original(*args, **kwargs)
+
+        setattr(owner, attribute, timed)
+
+    def hook_module(self, module: Any, name: str) -> None:
+        import torch
+
+        def before(*_):
+            self._open[name] = time.perf_counter()
+
+        def after(*_):
+            if self.active and name in self._open:
+                label = name if torch.is_grad_enabled() else "reference"
+                self.seconds[label] += time.perf_counter() - self._open.pop(name)
+
+        module.register_forward_pre_hook(before)
+        module.register_forward_hook(after)
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """One configuration in this process: train, time the steps, read the peak resident set."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    import datasets
+    import transformers
+    import trl
+    from sgpo.integrations.trl import SGPODPOConfig, SGPODPOTrainer
+    from transformers import AutoTokenizer, TrainerCallback
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    baseline_kb = rss_kb("VmRSS")
+    phases = Phases()
+
+    class StepTimer(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs) -> None:
+            phases.active = state.global_step >= 1
+            self.start = time.perf_counter()
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:
+            self.optimizer_start = time.perf_counter()
+
+        def on_optimizer_step(self, args, state, control, **kwargs) -> None:
+            if phases.active:
+                phases.seconds["optimizer"] += time.perf_counter() - self.optimizer_start
+
+        def on_step_end(self, args, state, control, **kwargs) -> None:
+            self.times.append(time.perf_counter() - self.start)
+
+    data = datasets.Dataset.from_dict(spec["data"])
+    trainer_cls, config_cls = (
+        (SGPODPOTrainer, SGPODPOConfig) if spec["trainer"] == "sgpo" else (trl.DPOTrainer, trl.DPOConfig)
     )
+    out = tempfile.mkdtemp(prefix="sgpo-bench-trl-")
+    args = config_cls(output_dir=out, **spec["common"], **spec["config"])
+    kwargs: dict[str, Any] = {}
+    if spec.get("lora"):
+        import peft
 
-
-def run(make: Callable[[str], tuple[type, object]], model: str, data: Dataset, steps: int) -> float:
-    trainer_cls, args = make(tempfile.mkdtemp(prefix="sgpo-bench-trl-"))
-    args.max_steps = steps
+        kwargs["peft_config"] = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
     timer = StepTimer()
+    start = time.perf_counter()
     trainer = trainer_cls(
-        model=model,
+        model=spec["model"],
         args=args,
         train_dataset=data,
-        processing_class=AutoTokenizer.from_pretrained(model),
+        processing_class=AutoTokenizer.from_pretrained(spec["model"]),
         callbacks=[timer],
+        **kwargs,
     )
+    setup = time.perf_counter() - start
+    if spec.get("profile"):
+        policy = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
+        phases.hook_module(policy.get_decoder(), "decoder forward")
+        if trainer.ref_model is not None:
+            phases.hook_module(trainer.ref_model.get_decoder(), "reference")
+        import sgpo.integrations.shared_prompt as shared
+        import trl.trainer.utils as trl_utils
+
+        phases.wrap(shared, "head_sequence_logps", "head forward")
+        phases.wrap(trl_utils._ChunkedLogProbFunction, "apply", "head forward")
+        phases.wrap(trainer.accelerator, "backward", "backward", split_reference=False)
+        phases.wrap(trainer, "training_step", "training step", split_reference=False)
     trainer.train()
-    return statistics.median(timer.times[1:])
+    steps = timer.times[1:]
+    result = {
+        "median": statistics.median(steps),
+        "times": timer.times,
+        "peak_mb": (rss_kb("VmHWM") - baseline_kb) / 1024,
+        "setup": setup,
+    }
+    if spec.get("profile"):
+        per_step = {name: seconds / len(steps) for name, seconds in phases.seconds.items()}
+        per_step["other"] = statistics.mean(steps) - sum(
+            v for k, v in per_step.items() if k not in ("training step", "other")
+        )
+        result["phases"] = per_step
+    return result
+
+
+def run_row(spec: dict[str, Any]) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "TQDM_DISABLE": "1"}
+    env["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="sgpo-bench-cache-")
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        error = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        return {"error": error[-1][:160] if error else f"exit code {done.returncode}"}
+    return json.loads(lines[-1])
+
+
+def baselines() -> dict[str, tuple[str, dict[str, Any]]]:
+    return {
+        "trl.DPOTrainer, defaults": ("trl", {}),
+        "trl.DPOTrainer, precompute_ref_log_probs": ("trl", {"precompute_ref_log_probs": True}),
+        "trl.DPOTrainer, precompute_ref_log_probs, no gradient checkpointing": (
+            "trl",
+            {"precompute_ref_log_probs": True, "gradient_checkpointing": False},
+        ),
+        "trl.DPOTrainer, use_liger_kernel": ("trl", {"use_liger_kernel": True}),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="tiny", help="'tiny' (a random Llama, hidden 128, 2 layers) or a model")
-    parser.add_argument("--steps", type=int, default=12)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--length", type=int, default=24, help="words per response")
+    parser.add_argument("--steps", type=int, default=12, help="measured steps per row (after one warm-up step)")
+    parser.add_argument("--batch", type=int, default=4, help="pairs per step")
+    parser.add_argument("--length", type=int, default=24, help="words per response (without --response-tokens)")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument(
+        "--response-tokens", type=int, nargs="*", default=None, help="realistic mode: one table per response length"
+    )
+    parser.add_argument("--modes", nargs="+", default=["full"], choices=["lora", "full"])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--out", default=None, help="also write the markdown table here")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per row")
+    parser.add_argument("--profile", action="store_true", help="also time the phases of each step")
+    parser.add_argument("--out", default=None, help="also write the markdown tables here")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     options = parser.parse_args()
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    if options.worker:
+        print(json.dumps(worker(json.loads(options.worker))))
+        return
+
+    import sgpo
+    import torch
+    from sgpo.models import build_tiny_model, resolve_model
 
     if options.model == "tiny":
         model = str(build_tiny_model(tempfile.mkdtemp(prefix="sgpo-bench-model-"), hidden_size=128, num_layers=2))
@@ -93,52 +266,118 @@ def main() -> None:
     else:
         model = resolve_model(options.model)
         label = Path(model).name
-    data = pairs(options.batch * options.steps, options.length)
+    n = options.batch * (options.steps + 1)
     on_gpu = torch.cuda.is_available()
     common = dict(
         per_device_train_batch_size=options.batch,
-        max_steps=options.steps,
+        max_steps=options.steps + 1,
         learning_rate=1e-5,
-        logging_steps=options.steps,
+        logging_steps=options.steps + 1,
         save_strategy="no",
         report_to=[],
         use_cpu=not on_gpu,
         bf16=on_gpu,
         disable_tqdm=True,
         seed=0,
+        max_length=None,
     )
 
-    def sgpo_row(**extra: object) -> Callable[[str], tuple[type, object]]:
-        return lambda out: (SGPODPOTrainer, SGPODPOConfig(output_dir=out, **common, **extra))
+    tables: list[tuple[str, dict[str, Any], dict[str, list], dict[str, tuple[str, dict[str, Any]]]]] = []
+    if options.response_tokens is None:
+        data = word_pairs(n, options.length)
+        rows = {
+            "trl.DPOTrainer sigmoid (baseline)": ("trl", {}),
+            "SGPODPOTrainer sigmoid": ("sgpo", {"loss_type": "sigmoid"}),
+            "SGPODPOTrainer sigmoid, logps_backend=sgpo": ("sgpo", {"loss_type": "sigmoid", "logps_backend": "sgpo"}),
+            "SGPODPOTrainer sppo (columns)": ("sgpo", {"loss_type": "sppo"}),
+            "SGPODPOTrainer ssapo, follower per batch": ("sgpo", {"loss_type": "ssapo"}),
+            "SGPODPOTrainer ssapo, worst case from columns": (
+                "sgpo",
+                {"loss_type": "ssapo", "ssapo_worst_case": "columns"},
+            ),
+        }
+        heading = f"{label}, {options.batch} pairs per step, {options.length}-word responses"
+        tables.append((heading, {"data": data, "lora": False}, {"trl.DPOTrainer sigmoid (baseline)": []}, rows))
+    else:
+        from transformers import AutoTokenizer
 
-    rows: dict[str, Callable[[str], tuple[type, object]]] = {
-        "trl.DPOTrainer sigmoid (baseline)": lambda out: (DPOTrainer, DPOConfig(output_dir=out, **common)),
-        "SGPODPOTrainer sigmoid": sgpo_row(loss_type="sigmoid"),
-        "SGPODPOTrainer sigmoid, logps_backend=sgpo": sgpo_row(loss_type="sigmoid", logps_backend="sgpo"),
-        "SGPODPOTrainer sppo (columns)": sgpo_row(loss_type="sppo"),
-        "SGPODPOTrainer ssapo, follower per batch": sgpo_row(loss_type="ssapo"),
-        "SGPODPOTrainer ssapo, worst case from columns": sgpo_row(loss_type="ssapo", ssapo_worst_case="columns"),
-    }
-    # one unmeasured pass of every row first: the first run in a process pays one-time costs (imports, allocator)
-    for make in rows.values():
-        run(make, model, data, 2)
-    best: dict[str, float] = {}
-    for _ in range(options.repeats):
-        for name, make in rows.items():
-            seconds = run(make, model, data, options.steps)
-            best[name] = min(best.get(name, float("inf")), seconds)
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        for response_tokens in options.response_tokens:
+            data = token_pairs(n, options.prompt_tokens, response_tokens)
+            counts = {key: statistics.mean(len(tokenizer(t)["input_ids"]) for t in data[key]) for key in data}
+            for mode in options.modes:
+                rows = dict(baselines())
+                rows["SGPODPOTrainer, logps_backend=sgpo, precompute_ref_log_probs"] = (
+                    "sgpo",
+                    {"logps_backend": "sgpo", "precompute_ref_log_probs": True},
+                )
+                rows["SGPODPOTrainer, logps_backend=sgpo"] = ("sgpo", {"logps_backend": "sgpo"})
+                heading = (
+                    f"{label}, {'LoRA r=16 all-linear' if mode == 'lora' else 'full fine-tuning'}, "
+                    f"{options.batch} pairs per step, prompt {counts['prompt']:.0f} + response "
+                    f"{counts['chosen']:.0f} / {counts['rejected']:.0f} tokens (mean chosen / rejected)"
+                )
+                base = {name: [] for name in baselines()}
+                tables.append((heading, {"data": data, "lora": mode == "lora"}, base, rows))
 
-    baseline = best["trl.DPOTrainer sigmoid (baseline)"]
+    results: dict[tuple[int, str], dict[str, Any]] = {}
+    for repeat in range(options.repeats):
+        for t, (heading, shared, _, rows) in enumerate(tables):
+            for name, (trainer, config) in rows.items():
+                spec = dict(
+                    shared,
+                    model=model,
+                    trainer=trainer,
+                    config=config,
+                    common=common,
+                    threads=options.threads,
+                    profile=options.profile and repeat == 0,
+                )
+                result = run_row(spec)
+                print(f"[{repeat + 1}/{options.repeats}] {heading} | {name}: {json.dumps(result)}", flush=True)
+                best = results.setdefault((t, name), {})
+                if "error" in result:
+                    best.setdefault("error", result["error"])
+                    continue
+                best.pop("error", None)
+                best["median"] = min(best.get("median", float("inf")), result["median"])
+                best["peak_mb"] = min(best.get("peak_mb", float("inf")), result["peak_mb"])
+                best["setup"] = min(best.get("setup", float("inf")), result["setup"])
+                if "phases" in result:
+                    best["phases"] = result["phases"]
+
     device = torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.processor() or platform.machine()})"
     lines = [
-        f"Model {label}, batch {options.batch} pairs, {options.length}-word responses, {device}, "
-        f"torch {torch.__version__}, sgpo {sgpo.__version__}, {torch.get_num_threads()} threads, "
-        f"{os.cpu_count()} cores.",
-        "",
-        "| configuration | median step (ms) | ratio vs trl.DPOTrainer |",
-        "|---|---:|---:|",
+        f"torch {torch.__version__}, sgpo {sgpo.__version__}, {device}, {options.threads} thread(s) per row, "
+        f"{os.cpu_count()} cores; median of {options.steps} steps after a warm-up step, best of {options.repeats} "
+        "fresh processes per row.",
     ]
-    lines += [f"| {name} | {1000 * t:.1f} | {t / baseline:.2f}x |" for name, t in best.items()]
+    for t, (heading, _, base, rows) in enumerate(tables):
+        ok = {name: results[(t, name)] for name in base if "error" not in results[(t, name)]}
+        best_time = min(r["median"] for r in ok.values())
+        best_memory = min(r["peak_mb"] for r in ok.values())
+        lines += [
+            "",
+            f"**{heading}**",
+            "",
+            "| configuration | median step (s) | vs best baseline | peak memory (MB) | vs best baseline | setup (s) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name in rows:
+            r = results[(t, name)]
+            if "error" in r:
+                lines.append(f"| {name} | fails: {r['error']} | | | | |")
+                continue
+            lines.append(
+                f"| {name} | {r['median']:.3g} | {r['median'] / best_time:.2f}x | {r['peak_mb']:.0f} | "
+                f"{r['peak_mb'] / best_memory:.2f}x | {r['setup']:.1f} |"
+            )
+        profiled = [(name, results[(t, name)]["phases"]) for name in rows if "phases" in results[(t, name)]]
+        if profiled:
+            names = sorted({phase for _, p in profiled for phase in p if phase != "training step"})
+            lines += ["", "| seconds per step | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+            for name, p in profiled:
+                lines.append(f"| {name} | " + " | ".join(f"{p.get(phase, 0.0):.2f}" for phase in names) + " |")
     table = "\n".join(lines)
     print(table)
     if options.out:
