@@ -360,7 +360,8 @@ class SGPODPOTrainer(DPOTrainer):
         if shared is None:
             return super().training_step(model, inputs, num_items_in_batch)
         pairs, parts = shared
-        with self.maybe_activation_offload_context:
+        # TRL's activation offloading, where this TRL release has it
+        with getattr(self, "maybe_activation_offload_context", contextlib.nullcontext()):
             model.train()
             if callable(getattr(self.optimizer, "train", None)):
                 self.optimizer.train()
