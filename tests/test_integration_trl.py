@@ -132,7 +132,7 @@ def test_reproduces_trl_losses_and_parameters(
 
 @pytest.mark.parametrize(
     ("reference", "logps_backend"),
-    [("peft", "trl"), ("precomputed", "trl"), ("peft", "sgpo")],
+    [("peft", "trl"), ("precomputed", "trl"), ("peft", "sgpo"), ("precomputed", "sgpo")],
 )
 def test_reproduces_trl_with_its_reference_setups(
     tiny_model_dir: Path, tmp_path: Path, reference: str, logps_backend: str
