@@ -356,7 +356,11 @@ class SGPODPOTrainer(DPOTrainer):
         return not ("ssapo" in self.loss_types and self.args.ssapo_worst_case == "batch")
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
-        shared = self._shared_prompt(model, inputs) if self._per_pair_loss() else None
+        if not self._per_pair_loss():
+            return super().training_step(model, inputs, num_items_in_batch)
+        # on the device first, so the pairs' token ids are views of what the model will see
+        inputs = self._prepare_inputs(inputs)
+        shared = self._shared_prompt(model, inputs)
         if shared is None:
             return super().training_step(model, inputs, num_items_in_batch)
         pairs, parts = shared
@@ -365,7 +369,6 @@ class SGPODPOTrainer(DPOTrainer):
             model.train()
             if callable(getattr(self.optimizer, "train", None)):
                 self.optimizer.train()
-            inputs = self._prepare_inputs(inputs)
             # the scaling transformers' Trainer.training_step applies to the loss before its backward
             scaled = getattr(self, "loss_is_scaled_for_ga", None)
             if scaled is None:
