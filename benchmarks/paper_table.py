@@ -530,7 +530,8 @@ class Table:
         # donors first, so a run that waits for its round 0 never holds a slot for long
         needed = {v.donor for v in chosen if v.donor}
         todo = [v for v in variants(self.task.judge) if v.name in needed and v not in chosen] + chosen
-        todo.sort(key=lambda v: (v.iterative, v.row))
+        # then the rows in the order --rows gives them: a partial table runs what was asked for first
+        todo.sort(key=lambda v: (v.iterative, a.rows.index(v.row) if v.row in a.rows else -1))
 
         def finished(v: Variant, seed: int) -> bool:
             return any(f"{name}_s{seed}" in self.results for name in (v.name, SAME_RUN.get(v.name)))
@@ -810,7 +811,9 @@ def label_agreement(run_dir: Path) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, nargs="*", default=list(range(1, 12)))
+    parser.add_argument(
+        "--rows", type=int, nargs="*", default=list(range(1, 12)), help="rows to run, in this order (DPO runs first)"
+    )
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
     parser.add_argument("--out", default=None, help="default: bench_results/paper (verifiable), bench_results/<task>")
     parser.add_argument(
