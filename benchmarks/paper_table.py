@@ -611,7 +611,9 @@ class Table:
         if not diffs:
             return "-"
         d = bootstrap_mean(np.concatenate(diffs))
-        return f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+        cell = f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+        # the interval resamples prompts; training noise shows in how far the seeds' own means spread
+        return cell if len(diffs) == 1 else cell + " (seeds " + " / ".join(f"{x.mean():+.3f}" for x in diffs) + ")"
 
     def fitness(self, seeds: list[int]) -> list[str]:
         """Whether the track separates labels (DESIGN 5): full gold against the seed in standard errors, per seed."""
