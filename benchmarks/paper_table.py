@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sgpo.pipeline.files import read_jsonl, write_jsonl
+from sgpo.pipeline.files import atomic_path, read_jsonl, write_jsonl
 
 INITIAL = "SmolLM2-135M-Instruct"
 FLIP_FRACTION = 0.25
@@ -463,6 +463,14 @@ class Table:
             write_jsonl(path, read_jsonl(seed_file) + read_jsonl(labelled))
         return path
 
+    def save(self, entries: dict[str, Any]) -> None:
+        """Add ``entries`` to results.json, keeping what another table on the same output wrote there meanwhile."""
+        with self.lock:
+            on_disk = json.loads(self.results_path.read_text()) if self.results_path.is_file() else {}
+            self.results = {**self.results, **on_disk, **entries}
+            with atomic_path(self.results_path) as tmp:
+                tmp.write_text(json.dumps(self.results, indent=2) + "\n")
+
     def lost_round0(self, donor: Variant, seed: int) -> bool:
         """Whether a finished donor run's round 0 is gone (runs are not kept with the results): its iterative rows
         need it, so it trains again (the same seed gives the same round 0) and its evaluation is reused."""
@@ -514,9 +522,7 @@ class Table:
             "final_agreement": result.get("agreement"),
             "annotator": annotator_metrics(run_dir),
         }
-        with self.lock:
-            self.results[key] = entry
-            self.results_path.write_text(json.dumps(self.results, indent=2) + "\n")
+        self.save({key: entry})
         self.log(f"{key}: win rate {entry['win_rate']:.1f}%, LC {entry['lc_win_rate']:.1f}%")
 
     def run(self) -> None:
@@ -558,8 +564,7 @@ class Table:
                 same = f"{SAME_RUN.get(v.name)}_s{seed}"
                 if same in self.results:
                     self.results[f"{v.name}_s{seed}"] = {**self.results[same], "row": v.row, "label": v.label}
-        self.results["_wall_seconds"] = self.results.get("_wall_seconds", 0.0) + time.perf_counter() - began
-        self.results_path.write_text(json.dumps(self.results, indent=2) + "\n")
+        self.save({"_wall_seconds": self.results.get("_wall_seconds", 0.0) + time.perf_counter() - began})
         self.print_table(chosen)
 
     def print_hidden_table(self, chosen: list[Variant]) -> None:

@@ -299,3 +299,15 @@ def test_a_judge_class_task_labels_its_own_pool_once(
     # cached: a second table on the same output labels nothing
     table.label_pool(task, tmp_path, call, model=str(tiny_model_dir), pool_prompts=6, heldout_prompts=3)
     assert len(calls) == 1 and "--budget" in calls[0] and calls[0][calls[0].index("--budget") + 1] == "9"
+
+
+def test_two_tables_on_one_output_keep_each_others_results(table, tmp_path: Path) -> None:
+    args = table.argparse.Namespace(
+        out=str(tmp_path), task="hidden:structure", rounds=2, prompts_per_round=32, max_new_tokens=None, seed_size=16
+    )
+    first, second = table.Table(args), table.Table(args)
+    first.save({"dpo_seed_s1": {"win_rate": 60.0}})
+    second.save({"iter_dpo_s1": {"win_rate": 62.0}})
+    first.save({"dpo_gold_s1": {"win_rate": 80.0}})
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert set(on_disk) == {"dpo_seed_s1", "iter_dpo_s1", "dpo_gold_s1"} and first.results == on_disk
