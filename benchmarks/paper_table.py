@@ -608,17 +608,18 @@ class Table:
             reference = f"size_dpo_x{variant.seed_scale:g}"
         if variant.name in (reference, SAME_RUN.get(reference)) or SAME_RUN.get(variant.name) == reference:
             return "-"
-        diffs = []
+        diffs = {}
         for seed in seeds:
             mine, theirs = self.scores(variant.name, seed), self.scores(SAME_RUN.get(reference, reference), seed)
             if mine is not None and theirs is not None:
-                diffs.append(mine - theirs)
+                diffs[seed] = mine - theirs
         if not diffs:
             return "-"
-        d = bootstrap_mean(np.concatenate(diffs))
+        d = bootstrap_mean(np.concatenate(list(diffs.values())))
         cell = f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
         # the interval resamples prompts; training noise shows in how far the seeds' own means spread
-        return cell if len(diffs) == 1 else cell + " (seeds " + " / ".join(f"{x.mean():+.3f}" for x in diffs) + ")"
+        per_seed = " / ".join(f"s{seed} {x.mean():+.3f}" for seed, x in diffs.items())
+        return cell if len(diffs) == 1 else f"{cell} ({per_seed})"
 
     def fitness(self, seeds: list[int]) -> list[str]:
         """Whether the track separates labels (DESIGN 5): full gold against the seed in standard errors, per seed."""

@@ -253,7 +253,7 @@ def test_rows_against_dpo_on_the_seed_are_paired_and_pooled_over_seeds(table, tm
     pooled = np.concatenate([scores["iter_dpo", s] - scores["dpo_seed", s] for s in (1, 2)])
     assert cell.startswith(f"{pooled.mean():+.3f} [")
     per_seed = [(scores["iter_dpo", s] - scores["dpo_seed", s]).mean() for s in (1, 2)]
-    assert cell.endswith(f"(seeds {per_seed[0]:+.3f} / {per_seed[1]:+.3f})")
+    assert cell.endswith(f"(s1 {per_seed[0]:+.3f} / s2 {per_seed[1]:+.3f})")
     # a seed without the reference's evaluation is left out; DPO on the seed is not compared with itself
     assert t.versus_seed(iterative, [1, 3]).startswith(f"{(scores['iter_dpo', 1] - scores['dpo_seed', 1]).mean():+.3f}")
     assert t.versus_seed(next(v for v in table.variants("structure") if v.name == "dpo_seed"), [1, 2]) == "-"
