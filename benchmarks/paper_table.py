@@ -636,8 +636,19 @@ class Table:
         return ["", *lines] if lines else []
 
     def print_table(self, chosen: list[Variant]) -> None:
+        """The table (table.md) and its pictures: reward vs KL (frontier.png), row 10's seed sizes (seed_size.png)."""
         if self.task.hidden:
-            return self.print_hidden_table(chosen)
+            self.print_hidden_table(chosen)
+        else:
+            self.print_verifiable_table(chosen)
+        a = self.args
+        if not self.task.hidden:
+            return  # the verifiable track's evaluations have no paired differences to draw
+        plot_frontier(self.results, chosen, a.seeds, self.out / "frontier.png", self.task.judge)
+        if 10 in a.rows:
+            plot_seed_sizes(self.results, a.seeds, self.out / "seed_size.png", self.task.judge)
+
+    def print_verifiable_table(self, chosen: list[Variant]) -> None:
         a = self.args
         lines = [
             "| row | method | win rate % | LC win rate % | mean judge score | self-labels = judge % | mass moved % "
@@ -665,9 +676,6 @@ class Table:
         (self.out / "table.md").write_text(table + "\n")
         print(table)
         print(f"wall time of the table: {self.results['_wall_seconds'] / 60:.1f} min with {a.jobs} jobs")
-        plot_frontier(self.results, chosen, a.seeds, self.out / "frontier.png", self.task.judge)
-        if 10 in a.rows:
-            plot_seed_sizes(self.results, a.seeds, self.out / "seed_size.png", self.task.judge)
 
 
 def _pyplot():
