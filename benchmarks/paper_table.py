@@ -551,7 +551,8 @@ class Table:
                     key = f"{v.name}_s{seed}"
                     if key in futures or f"{SAME_RUN.get(v.name, '')}_s{seed}" in futures:
                         continue
-                    if key in self.results and not (v.name in waiting and self.lost_round0(v, seed)):
+                    # a row that is another row's run (SAME_RUN) is finished when that run is
+                    if finished(v, seed) and not (v.name in waiting and self.lost_round0(v, seed)):
                         done: Future = Future()
                         done.set_result(None)
                         futures[key] = done

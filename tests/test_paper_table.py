@@ -311,3 +311,23 @@ def test_two_tables_on_one_output_keep_each_others_results(table, tmp_path: Path
     first.save({"dpo_gold_s1": {"win_rate": 80.0}})
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert set(on_disk) == {"dpo_seed_s1", "iter_dpo_s1", "dpo_gold_s1"} and first.results == on_disk
+
+
+def test_a_row_that_is_another_rows_run_is_not_trained_again(
+    table, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = table.argparse.Namespace(
+        out=str(tmp_path), task="hidden:structure", rounds=2, prompts_per_round=32, max_new_tokens=None,
+        seed_size=16, rows=[8], seeds=[1], jobs=1, table_only=False,
+    )  # fmt: skip
+    t = table.Table(args)
+    t.results.update({name: {"win_rate": 60.0} for name in ("dpo_seed_s1", "iter_dpo_s1", "ssapo_prob_s1")})
+    (tmp_path / "runs" / "dpo_seed_s1" / "round_0" / "checkpoint").mkdir(parents=True)
+    ran = []
+    monkeypatch.setattr(t, "evaluate", lambda model, name: {"mean_score": 0.2})
+    monkeypatch.setattr(t, "job", lambda v, seed, donor: ran.append(v.name))
+    monkeypatch.setattr(t, "print_table", lambda chosen: None)
+    t.run()
+    # eps 0 and 0.01 are rows 4 and 5's runs, already evaluated: they are copied, not trained
+    assert sorted(ran) == ["eps_0.005", "eps_0.03", "eps_0.05", "eps_0.1"]
+    assert t.results["eps_0_s1"]["row"] == 8 and t.results["eps_0.01_s1"]["win_rate"] == 60.0
