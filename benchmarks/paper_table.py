@@ -580,7 +580,7 @@ class Table:
             score = self.results["initial"]["mean_score"]
             lines.append(f"| 1 | initial model ({INITIAL}) | {score:.3f} | - | 50.0 | - | 0 | - | - | - | 0 | - |")
         for v in chosen:
-            found = [self.results[f"{v.name}_s{s}"] for s in a.seeds if f"{v.name}_s{s}" in self.results]
+            found = [e for s in a.seeds if (e := self.entry(v.name, s)) is not None]
             if found:
                 label = v.label + (f" ({found[0]['seed_pairs']} seed pairs)" if v.row == 10 else "")
                 cells = hidden_row(found)
@@ -592,9 +592,13 @@ class Table:
         print(table)
         print(f"wall time of the table: {self.results['_wall_seconds'] / 60:.1f} min with {a.jobs} jobs")
 
+    def entry(self, name: str, seed: int) -> dict[str, Any] | None:
+        """A row's results on ``seed``; a row that is another row's run (SAME_RUN) reads that run's."""
+        return self.results.get(f"{name}_s{seed}") or self.results.get(f"{SAME_RUN.get(name)}_s{seed}")
+
     def scores(self, name: str, seed: int) -> np.ndarray | None:
         """Per-prompt gold scores of a finished row's evaluation (the same prompts and per-row seeds for all)."""
-        entry = self.results.get(f"{name}_s{seed}")
+        entry = self.entry(name, seed)
         if not entry or "run_dir" not in entry:
             return None
         path = self.out / "eval" / Path(entry["run_dir"]).name / "eval.json"

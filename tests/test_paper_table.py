@@ -257,6 +257,8 @@ def test_rows_against_dpo_on_the_seed_are_paired_and_pooled_over_seeds(table, tm
     # a seed without the reference's evaluation is left out; DPO on the seed is not compared with itself
     assert t.versus_seed(iterative, [1, 3]).startswith(f"{(scores['iter_dpo', 1] - scores['dpo_seed', 1]).mean():+.3f}")
     assert t.versus_seed(next(v for v in table.variants("structure") if v.name == "dpo_seed"), [1, 2]) == "-"
+    # row 10's x1 DPO is row 2's run: it reads that run's results
+    assert t.entry("size_dpo_x1", 1) is t.results["dpo_seed_s1"] and t.entry("size_dpo_x2", 1) is None
     lines = t.fitness([1, 2])
     diff = scores["dpo_gold", 1] - scores["dpo_seed", 1]
     z = diff.mean() / (diff.std(ddof=1) / np.sqrt(64))
