@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sgpo.evaluation.report import pyplot
 from sgpo.pipeline.files import atomic_path, read_jsonl, write_jsonl
 
 INITIAL = "SmolLM2-135M-Instruct"
@@ -452,7 +453,7 @@ class Table:
         with self.label_lock:
             prompts = self.out / "gold" / f"round_prompts_{a.rounds}x{a.prompts_per_round}.jsonl"
             write_jsonl(prompts, [{"prompt": p} for p in round_prompts(a.rounds, a.prompts_per_round)])
-            labelled = self.out / "gold" / f"rounds_{self.task.rubric}_{a.rounds}x{a.prompts_per_round}.jsonl"
+            labelled = self.out / "gold" / f"rounds_{self.task.slug}_{a.rounds}x{a.prompts_per_round}.jsonl"
             if not labelled.with_suffix(".json").is_file():
                 command = [sys.executable, "-m", "sgpo", "label", INITIAL, "--judge", self.task.judge, "--prompts"]
                 command += [str(prompts), "--samples", "4", "--budget", str(a.rounds * a.prompts_per_round)]
@@ -540,7 +541,7 @@ class Table:
         todo.sort(key=lambda v: (v.iterative, a.rows.index(v.row) if v.row in a.rows else -1))
 
         def finished(v: Variant, seed: int) -> bool:
-            return any(f"{name}_s{seed}" in self.results for name in (v.name, SAME_RUN.get(v.name)))
+            return lookup(self.results, v.name, seed) is not None
 
         futures: dict[str, Future] = {}
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
@@ -593,8 +594,7 @@ class Table:
         print(f"wall time of the table: {self.results['_wall_seconds'] / 60:.1f} min with {a.jobs} jobs")
 
     def entry(self, name: str, seed: int) -> dict[str, Any] | None:
-        """A row's results on ``seed``; a row that is another row's run (SAME_RUN) reads that run's."""
-        return self.results.get(f"{name}_s{seed}") or self.results.get(f"{SAME_RUN.get(name)}_s{seed}")
+        return lookup(self.results, name, seed)
 
     def scores(self, name: str, seed: int) -> np.ndarray | None:
         """Per-prompt gold scores of a finished row's evaluation (the same prompts and per-row seeds for all)."""
@@ -615,7 +615,7 @@ class Table:
             return "-"
         diffs = {}
         for seed in seeds:
-            mine, theirs = self.scores(variant.name, seed), self.scores(SAME_RUN.get(reference, reference), seed)
+            mine, theirs = self.scores(variant.name, seed), self.scores(reference, seed)
             if mine is not None and theirs is not None:
                 diffs[seed] = mine - theirs
         if not diffs:
@@ -642,13 +642,11 @@ class Table:
 
     def print_table(self, chosen: list[Variant]) -> None:
         """The table (table.md) and its pictures: reward vs KL (frontier.png), row 10's seed sizes (seed_size.png)."""
-        if self.task.hidden:
-            self.print_hidden_table(chosen)
-        else:
-            self.print_verifiable_table(chosen)
-        a = self.args
         if not self.task.hidden:
-            return  # the verifiable track's evaluations have no paired differences to draw
+            # the verifiable track's evaluations have no paired differences to draw
+            return self.print_verifiable_table(chosen)
+        self.print_hidden_table(chosen)
+        a = self.args
         plot_frontier(self.results, chosen, a.seeds, self.out / "frontier.png", self.task.judge)
         if 10 in a.rows:
             plot_seed_sizes(self.results, a.seeds, self.out / "seed_size.png", self.task.judge)
@@ -683,17 +681,14 @@ class Table:
         print(f"wall time of the table: {self.results['_wall_seconds'] / 60:.1f} min with {a.jobs} jobs")
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def lookup(results: dict[str, Any], name: str, seed: int) -> dict[str, Any] | None:
+    """A row's results on ``seed``; a row that is another row's run (SAME_RUN) reads that run's."""
+    return results.get(f"{name}_s{seed}") or results.get(f"{SAME_RUN.get(name)}_s{seed}")
 
 
 def _found(results: dict[str, Any], name: str, seeds: list[int]) -> list[dict[str, Any]]:
-    return [results[f"{name}_s{s}"] for s in seeds if results.get(f"{name}_s{s}", {}).get("paired")]
+    """A row's evaluated results over ``seeds``."""
+    return [e for s in seeds if (e := lookup(results, name, s)) is not None and e.get("paired")]
 
 
 def plot_frontier(
@@ -702,7 +697,7 @@ def plot_frontier(
     """The reward-vs-KL picture across rows: each seed's run as a small point, the seeds' mean as a large one.
 
     Returns the points drawn, ``label: (KL, paired difference)`` per seed."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     ax.scatter([0.0], [0.0], marker="*", s=140, color="black", label="initial model", zorder=3)
     points: dict[str, tuple[list[float], list[float]]] = {}
@@ -734,14 +729,14 @@ def plot_seed_sizes(
     """Row 10: the gain over the initial model against the seed's size, DPO and SSAPO, with 100% gold as a line.
 
     Returns ``method: (seed pairs, mean difference, standard deviation over seeds)`` per size drawn."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.6, 3.8))
     curves: dict[str, tuple[list[float], list[float], list[float]]] = {}
     for method, marker in (("dpo", "o"), ("ssapo", "s")):
         sizes, means, spreads = [], [], []
         for scale in SEED_SCALES:
             name = f"size_{method}_x{scale:g}"
-            found = _found(results, SAME_RUN.get(name, name), seeds)
+            found = _found(results, name, seeds)
             if not found:
                 continue
             diffs = [float(r["paired"]["difference"]["mean"]) for r in found]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,8 @@ class RoundArtifacts:
     extra: dict[str, float] = field(default_factory=dict)
 
 
-def _pyplot():
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (no display needed), imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +74,7 @@ def plot_win_rates(results: Sequence[ModelResult], path: Path) -> Path:
 
 def plot_win_rate_series(labels: Sequence[str], wins: Sequence[WinRate], path: Path) -> Path:
     """Win rate (± standard error) and LC win rate of each labelled model against the baseline."""
-    plt = _pyplot()
+    plt = pyplot()
     x = np.arange(len(labels))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(labels) + 2), 3.2))
     wr = [100 * w.win_rate for w in wins]
@@ -93,7 +95,7 @@ def plot_win_rate_series(labels: Sequence[str], wins: Sequence[WinRate], path: P
 
 def plot_frontier(results: Sequence[ModelResult], path: Path, baseline_score: float) -> Path:
     """The reward-vs-KL frontier (the DPO paper's picture): mean gold score against KL from the baseline."""
-    plt = _pyplot()
+    plt = pyplot()
     shown = [r for r in results if r.kl is not None and r.comparison is not None]
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     ax.scatter([0.0], [baseline_score], marker="*", s=120, color="black", label="baseline", zorder=3)
@@ -121,7 +123,7 @@ def plot_frontier(results: Sequence[ModelResult], path: Path, baseline_score: fl
 
 
 def plot_margin_histograms(rounds: Sequence[RoundArtifacts], path: Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     shown = [r for r in rounds if r.margins is not None and r.margins.size]
     fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 2.8), squeeze=False)
     for ax, r in zip(axes[0], shown, strict=True):
@@ -138,7 +140,7 @@ def plot_margin_histograms(rounds: Sequence[RoundArtifacts], path: Path) -> Path
 
 def plot_follower(rounds: Sequence[RoundArtifacts], path: Path) -> Path:
     """Per round: the mass the follower moves off each input xi and its mean displacement, against xi."""
-    plt = _pyplot()
+    plt = pyplot()
     shown = [r for r in rounds if r.weights is not None and r.shifts is not None and r.follower_inputs is not None]
     fig, axes = plt.subplots(2, len(shown), figsize=(3.2 * len(shown), 5.0), squeeze=False)
     for col, r in enumerate(shown):
