@@ -383,11 +383,7 @@ class SGPODPOTrainer(DPOTrainer):
         self, model: Any, inputs: dict[str, Any], pairs: list[Pair], parts: Any, scale: float
     ) -> torch.Tensor:
         """Forward and backward one pair at a time: the gradient of the batch's mean loss, one pair's activations."""
-        if self.precompute_ref_logps:
-            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        else:
-            reference = self.ref_model if self.ref_model is not None else self.model
-            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(reference, inputs)
+        ref_chosen_logps, ref_rejected_logps = self._reference_logps(inputs)
         chosen_lengths, rejected_lengths = inputs["completion_mask"].sum(dim=1).clamp(min=1).chunk(2, dim=0)
         n = len(pairs)
         total, chosen_logps, rejected_logps = 0.0, [], []
@@ -397,9 +393,7 @@ class SGPODPOTrainer(DPOTrainer):
             logps = (chosen, rejected, ref_chosen_logps[rows], ref_rejected_logps[rows])
             columns = {key: inputs[key][rows] for key in self._sgpo_columns}
             lengths = (chosen_lengths[rows], rejected_lengths[rows])
-            loss = 0.0
-            for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
-                loss = loss + self._pair_losses(loss_type, logps, columns, lengths, "train").losses.sum() * loss_weight
+            loss = self._weighted_loss(logps, columns, lengths, "train", torch.sum)
             self.accelerator.backward(loss * (scale / n))
             total = total + loss.detach()
             chosen_logps.append(chosen.detach())
@@ -438,17 +432,10 @@ class SGPODPOTrainer(DPOTrainer):
                 logps = head_sequence_logps(head, hidden, labels[:, 1:])
             chosen_logps, rejected_logps = logps.chunk(2, dim=0)
 
-        if self.precompute_ref_logps:
-            ref_chosen_logps, ref_rejected_logps = inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
-        else:
-            reference = self.ref_model if self.ref_model is not None else self.model
-            ref_chosen_logps, ref_rejected_logps = self.compute_ref_log_probs(reference, inputs)
-
+        ref_chosen_logps, ref_rejected_logps = self._reference_logps(inputs)
         lengths = completion_mask.sum(dim=1).clamp(min=1).chunk(2, dim=0)
         logps = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
-        loss = 0.0
-        for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
-            loss = loss + self._pair_losses(loss_type, logps, inputs, lengths, mode).losses.mean() * loss_weight
+        loss = self._weighted_loss(logps, inputs, lengths, mode, torch.mean)
 
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
@@ -460,6 +447,27 @@ class SGPODPOTrainer(DPOTrainer):
             with torch.no_grad():
                 outputs = model(**model_kwargs)
             return loss, outputs
+        return loss
+
+    def _reference_logps(self, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's chosen and rejected log-probs: precomputed columns, else a forward of the reference."""
+        if self.precompute_ref_logps:
+            return inputs["ref_chosen_logps"], inputs["ref_rejected_logps"]
+        reference = self.ref_model if self.ref_model is not None else self.model
+        return self.compute_ref_log_probs(reference, inputs)
+
+    def _weighted_loss(
+        self,
+        logps: Sequence[torch.Tensor],
+        inputs: Mapping[str, Any],
+        lengths: Sequence[torch.Tensor],
+        mode: str,
+        reduce: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """``sum_k loss_weights[k] * reduce(per-pair losses of loss_types[k])`` (TRL's combination of loss types)."""
+        loss = 0.0
+        for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
+            loss = loss + reduce(self._pair_losses(loss_type, logps, inputs, lengths, mode).losses) * loss_weight
         return loss
 
     def _pair_losses(
