@@ -26,8 +26,6 @@ def heldout_agreement(judge: Any, pairs: Sequence[dict[str, Any]]) -> Agreement:
     a round's pairs; no gold label enters that fit. A gated judge (``admissible``) orders a pair by its gate where
     the gate separates the two responses, as it does when it picks a round's pairs.
     """
-    from sgpo.pipeline.judges import gated_difference
-
     if not pairs:
         raise ValueError("judge.agreement_pairs: expected at least one gold pair, got none")
     prompts = [p["prompt"] for p in pairs]
@@ -39,9 +37,16 @@ def heldout_agreement(judge: Any, pairs: Sequence[dict[str, Any]]) -> Agreement:
         scores = np.stack(judge.calibrate(list(scores.T), list(lengths.T))).T
     gate = getattr(judge, "admissible", None)
     flags = None if gate is None else gate(prompts + prompts, responses)
+    return gated_agreement(scores, None if flags is None else np.asarray(flags, dtype=bool).reshape(2, len(pairs)))
+
+
+def gated_agreement(scores: np.ndarray, flags: np.ndarray | None) -> Agreement:
+    """Agreement with gold of an annotator's (2, n) scores (row 0 gold's chosen): where gate ``flags`` (same shape)
+    separate a pair's two responses, the gate orders them, as a gated judge does when it picks a round's pairs."""
+    from sgpo.pipeline.judges import gated_difference
+
     if flags is None:
         return agreement(scores[0], scores[1])
-    flags = np.asarray(flags, dtype=bool).reshape(2, len(pairs))
     diff = gated_difference(scores[0], scores[1], flags[0], flags[1])
     return agreement(diff, np.zeros_like(diff))
 
@@ -76,7 +81,7 @@ def implicit_reward_agreement(
     are the SFT model's, ``lengths`` the response tokens. With ``admissible`` (the on-task gate's flags, same shape)
     each variant is also reported gated (``<variant>+gate``: ``judge.options.gate=on_task``).
     """
-    from sgpo.pipeline.judges import gated_difference, length_debias_alpha
+    from sgpo.pipeline.judges import length_debias_alpha
 
     policy, reference = np.asarray(policy_logps, np.float64), np.asarray(reference_logps, np.float64)
     sizes = np.asarray(lengths, np.float64)
@@ -99,6 +104,5 @@ def implicit_reward_agreement(
         if flags.shape != policy.shape:
             raise ValueError(f"admissible: expected shape {policy.shape}, got {flags.shape}")
         for name, values in (("sum", ratio), ("mean", mean), ("length_debiased", debiased)):
-            diff = gated_difference(values[0], values[1], flags[0], flags[1])
-            out[f"{name}+gate"] = agreement(diff, np.zeros_like(diff)).to_dict()
+            out[f"{name}+gate"] = gated_agreement(values, flags).to_dict()
     return out
