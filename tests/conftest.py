@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,13 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env.pop("ACCELERATE_CONFIG_FILE", None)
     return env
+
+
+def launch_output(done: subprocess.CompletedProcess) -> str:
+    """A failed multi-process launch's output: its stdout tail and each failing process's own traceback, which the
+    launcher's report that follows would push out of a plain stderr tail."""
+    ranks = [line for line in done.stderr.splitlines() if line.startswith("[rank")]
+    return done.stdout[-2000:] + "\n".join(ranks)[-6000:] + done.stderr[-2000:]
 
 
 PYTHON = sys.executable

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 pytest.importorskip("peft")
 
-from conftest import PYTHON, subprocess_env, tiny_overrides  # noqa: E402
+from conftest import PYTHON, launch_output, subprocess_env, tiny_overrides  # noqa: E402
 
 FSDP_CONFIG = Path(__file__).resolve().parents[1] / "python" / "sgpo" / "configs" / "accelerate" / "fsdp.yaml"
 
@@ -103,7 +103,7 @@ def test_fused_head_op_sees_the_gathered_weight_under_fsdp(tiny_model_dir: Path,
     script = tmp_path / "head_worker.py"
     script.write_text(HEAD_WORKER)
     done = launch(script, [str(tiny_model_dir), str(tmp_path / "fsdp.pt")], tmp_path, 29561)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.returncode == 0, launch_output(done)
     fsdp = torch.load(tmp_path / "fsdp.pt")
     # the head really is a shard between calls, so the op only works if it runs inside the head's gathered forward
     assert fsdp["sharded"]
@@ -191,7 +191,7 @@ def test_trl_trainer_under_fsdp_matches_one_process(tiny_model_dir: Path, tmp_pa
     options = trl_options(per_device_train_batch_size=4, fsdp="full_shard", fsdp_config={"fsdp_version": 2})
     args = [str(tiny_model_dir), str(tmp_path / "fsdp"), json.dumps(rows), json.dumps(options)]
     done = launch(script, args, tmp_path, 29562)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.returncode == 0, launch_output(done)
     fsdp = json.loads((tmp_path / "fsdp" / "result.json").read_text())
     assert fsdp["processes"] == 2
 
@@ -263,14 +263,14 @@ def test_pipeline_under_fsdp_resumes_after_a_kill_mid_save_as_one_process(
     assert killed.returncode != 0
     round0 = out / "round_0"
     # killed inside the second save: the first is complete, the second's shards sit in staging without a marker
-    assert (round0 / "train_state" / "step_000001" / "meta.json").is_file(), killed.stderr[-3000:]
+    assert (round0 / "train_state" / "step_000001" / "meta.json").is_file(), launch_output(killed)
     assert not (round0 / "train_state" / "step_000002").exists()
     assert list((round0 / ".train_state.staging").glob("*.distcp"))
     assert not (round0 / ".train_state.staging" / "meta.json").exists()
     assert not (round0 / "train_summary.json").exists()
 
     resumed = launch(script, ["resume", str(record), *overrides], tmp_path, 29564)
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert resumed.returncode == 0, launch_output(resumed)
     # round 0 went on from step 1, the later rounds started fresh
     assert [tuple(row) for row in read_jsonl(record)] == [("round_0", 1), ("round_1", None), ("round_2", None)]
     assert json.loads((out / "report.json").read_text())["processes"] == 2

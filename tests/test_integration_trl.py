@@ -22,6 +22,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("trl", reason="TRL is not installed; pip install 'sgpo[trl]' (the dev extra includes it)")
 
 import sgpo  # noqa: E402
+from conftest import launch_output  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from sgpo.integrations.trl import (  # noqa: E402
     SGPODPOConfig,
@@ -421,7 +422,7 @@ def test_ssapo_batch_mode_gathers_margins_across_processes(tiny_model_dir: Path,
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     command += [str(tiny_model_dir), str(tmp_path / "ddp"), json.dumps(rows), json.dumps(worker_options)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, launch_output(done)
     ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert ddp["processes"] == 2
 

@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("peft")
 pytest.importorskip("accelerate")
 
-from conftest import PYTHON, subprocess_env, tiny_overrides  # noqa: E402
+from conftest import PYTHON, launch_output, subprocess_env, tiny_overrides  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 
@@ -124,7 +124,7 @@ def test_two_processes_match_one_with_the_same_global_batch(
         *tiny_overrides(tiny_model_dir, preference_files, out),
     ]
     result = subprocess.run(command, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, launch_output(result)
     assert json.loads((out / "report.json").read_text())["processes"] == 2
     # the gradient is all-reduced over 2 processes instead of summed in one: equal up to float rounding
     assert_same_run(ssapo_run, out, atol=1e-5)
@@ -179,3 +179,49 @@ def test_a_round_interrupted_mid_training_resumes_from_its_saved_state(
     assert [r["step"] for r in read_jsonl(out / "round_1" / "train_log.jsonl")] == [1, 2]
     # the resumed round takes the steps of the uninterrupted run: optimizer moments, schedule and RNG restored
     assert_same_run(ssapo_run, out, atol=1e-6)
+
+
+def test_chunked_parts_outlive_the_slowest_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two processes (threads here): the main one removes the parts as soon as it has merged them, as the stages do;
+    a slower one must already have read them all, or it fails on a missing part."""
+    import shutil
+    import threading
+    from types import SimpleNamespace
+
+    from sgpo.pipeline import files
+    from sgpo.pipeline.runner import Run
+
+    barrier = threading.Barrier(2, timeout=30)
+    read = files.read_json
+
+    def slow_read(path: Path) -> object:
+        if threading.current_thread().name == "rank1":
+            time.sleep(0.05)
+        return read(path)
+
+    monkeypatch.setattr(files, "read_json", slow_read)
+    parts = tmp_path / "parts"
+    results: dict[int, object] = {}
+
+    def process(rank: int) -> None:
+        fake = SimpleNamespace(
+            accelerator=SimpleNamespace(num_processes=2, process_index=rank),
+            cfg=SimpleNamespace(logging=SimpleNamespace(progress=False)),
+            main=rank == 0,
+            barrier=barrier.wait,
+        )
+        try:
+            results[rank] = Run.chunked(fake, parts, 6, lambda c: [c, c * c], "test")
+            if rank == 0:
+                shutil.rmtree(parts)
+        except Exception as err:  # noqa: BLE001 - reported below with the rank that raised it
+            results[rank] = err
+            barrier.abort()
+
+    threads = [threading.Thread(target=process, args=(r,), name=f"rank{r}") for r in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    expected = [[c, c * c] for c in range(6)]
+    assert results == {0: expected, 1: expected}

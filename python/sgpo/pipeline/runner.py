@@ -222,7 +222,10 @@ class Run:
             if not path.is_file():
                 files.write_json(path, compute(c))
         self.barrier()
-        return [files.read_json(parts / f"part_{c:05d}.json") for c in range(n_chunks)]
+        merged = [files.read_json(parts / f"part_{c:05d}.json") for c in range(n_chunks)]
+        # every process has read every part before any returns: the main one removes the parts once it has the output
+        self.barrier()
+        return merged
 
     def round_prompts(self, t: int) -> tuple[list[Any], dict[str, int]]:
         path = self.round_dir(t) / "prompts.jsonl"
