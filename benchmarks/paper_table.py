@@ -21,7 +21,7 @@ trains the same number of optimizer steps as the recipe's seed does, whatever it
 in compute. The reward-vs-KL picture of every row goes to ``frontier.png``, row 10's to ``seed_size.png``.
 
     python benchmarks/paper_table.py --task hidden:structure          # every row, seeds 1-3, 2 jobs
-    python benchmarks/paper_table.py --task hidden:structure --quick  # rows 1-5, seed 1, 64 prompts
+    python benchmarks/paper_table.py --task hidden:structure --quick  # an install check: rows 1-5, seed 1, smaller
     python benchmarks/paper_table.py --rows 2 5 8 --seeds 1 2 3        # the verifiable track
 
 Jobs run side by side as separate processes with one thread each. Runs resume: a finished run directory and its
@@ -385,6 +385,7 @@ class Table:
             "threads=1",
             # the hidden recipe's training settings are the pilot's (benchmarks/pilot_hidden.py), kept in hidden.yaml
             *([] if self.task.hidden else TRAIN_BUDGET),
+            *([f"round0.epochs={args.round0_epochs}"] if getattr(args, "round0_epochs", None) else []),
         ]
         from sgpo.pipeline import load_config
 
@@ -825,7 +826,8 @@ def label_agreement(run_dir: Path) -> float | None:
     return 100 * agree / total if total else None
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the task's defaults filled in (``--quick``'s included)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--rows", type=int, nargs="*", default=list(range(1, 12)), help="rows to run, in this order (DPO runs first)"
@@ -863,9 +865,18 @@ def main() -> None:
         "--table-only", action="store_true", help="print the table and plots of the results so far; run nothing"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="rows 1-5, seed 1, 64 prompts: an install check (hidden: under an hour)"
+        "--round0-epochs",
+        type=int,
+        default=None,
+        help="round 0's epochs on the recipe's seed (default the recipe's); every other seed trains the same steps",
     )
-    args = parser.parse_args()
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="an install check: rows 1-5 on seed 1, 64 test prompts, rounds of half the recipe's prompts and round 0 "
+        "at half its steps, into its own --out (<task>_quick)",
+    )
+    args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs: expected an integer >= 1")
     try:
@@ -875,18 +886,29 @@ def main() -> None:
     from sgpo.pipeline import load_config
 
     recipe = load_config(task.config, [])
+    if args.round0_epochs is not None and args.round0_epochs < 1:
+        parser.error("--round0-epochs: expected an integer >= 1")
+    args.prompts_per_round = args.prompts_per_round or (recipe.data.prompts_per_round if task.hidden else 32)
+    out = "bench_results/paper" if not task.hidden else f"bench_results/{args.task.replace(':', '_')}"
     if args.quick:
+        # its own output: a clone's committed full-size results are never mistaken for the check's
         args.rows, args.seeds = [r for r in args.rows if r <= 5], args.seeds[:1]
         args.num_prompts = args.num_prompts or 64
+        args.prompts_per_round = max(1, args.prompts_per_round // 2)
+        round0 = recipe.round0.epochs if task.hidden else load_config(task.config, TRAIN_BUDGET).round0.epochs
+        args.round0_epochs = args.round0_epochs or max(1, round0 // 2)
+        out += "_quick"
     args.num_prompts = args.num_prompts or (256 if task.hidden else 64)
-    args.prompts_per_round = args.prompts_per_round or (recipe.data.prompts_per_round if task.hidden else 32)
-    if args.out is None:
-        args.out = "bench_results/paper" if not task.hidden else f"bench_results/{args.task.replace(':', '_')}"
+    args.out = args.out or out
     if args.seed_size is None:
         args.seed_size = (
             recipe.data.max_seed_pairs if task.hidden else len(read_jsonl(bundled("default_seed_pairs.jsonl")))
         )
-    Table(args).run()
+    return args
+
+
+def main() -> None:
+    Table(parse_args()).run()
 
 
 if __name__ == "__main__":

@@ -333,3 +333,25 @@ def test_a_row_that_is_another_rows_run_is_not_trained_again(
     # eps 0 and 0.01 are rows 4 and 5's runs, already evaluated: they are copied, not trained
     assert sorted(ran) == ["eps_0.005", "eps_0.03", "eps_0.05", "eps_0.1"]
     assert t.results["eps_0_s1"]["row"] == 8 and t.results["eps_0.01_s1"]["win_rate"] == 60.0
+
+
+@pytest.mark.parametrize("task", ["hidden:structure", "verifiable"])
+def test_quick_is_a_smaller_table_in_its_own_directory(table, tmp_path: Path, task: str) -> None:
+    from sgpo.pipeline import load_config
+
+    full = table.parse_args(["--task", task])
+    quick = table.parse_args(["--task", task, "--quick"])
+    # a clone's committed results live in the full table's directory; the check never reads them
+    assert quick.out == full.out + "_quick"
+    assert (quick.rows, quick.seeds, quick.num_prompts) == ([1, 2, 3, 4, 5], [1], 64)
+    assert quick.prompts_per_round == full.prompts_per_round // 2
+    quick.out, full.out = str(tmp_path / "quick"), str(tmp_path / "full")
+    small, big = table.Table(quick), table.Table(full)
+    seed_file = small.seed_pairs(table.variants(small.task.judge)[0], 1)
+    # round 0 trains half the recipe's steps, through the same equal-steps rule as every other seed
+    assert small.round0_epochs(seed_file) == max(1, big.round0_epochs(seed_file) // 2)
+    command = load_config(small.task.config, small.base)
+    assert command.data.prompts_per_round == quick.prompts_per_round and command.rounds == 2
+    # an explicit choice wins over the check's defaults
+    chosen = table.parse_args(["--task", task, "--quick", "--round0-epochs", "5", "--out", str(tmp_path / "mine")])
+    assert chosen.round0_epochs == 5 and chosen.out == str(tmp_path / "mine")
