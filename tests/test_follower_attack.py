@@ -38,3 +38,48 @@ def test_margin_space_upweights_the_attacked_pairs(attack) -> None:
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     # d/dx -log sigmoid(x - D) at 0 is sigmoid(D), against sigmoid(0) = 1/2 with no shift
     assert ratio == pytest.approx([sig(1.0) / 0.5, (0.25 * sig(2.0) + 0.75 * 0.5) / 0.5])
+
+
+def test_chance_of_as_many_flipped_pairs_is_the_hypergeometric_tail(attack) -> None:
+    from scipy.stats import hypergeom
+
+    for total, marked, drawn in [(16, 4, 1), (16, 4, 5), (16, 4, 16), (20, 7, 9), (5, 0, 3)]:
+        for hits in range(0, min(marked, drawn) + 1):
+            expected = hypergeom.sf(hits - 1, total, marked, drawn)
+            assert attack.chance_at_least(hits, drawn, marked, total) == pytest.approx(expected, rel=1e-12)
+
+
+def test_seed_attack_finds_the_flipped_pairs_the_policy_disbelieves(attack, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sgpo.evaluation.evaluate as evaluate
+
+    n = 8
+    # pairs 0 and 1 are flipped (gold prefers the rejected) and the policy's implicit reward disagrees with them
+    pairs = [
+        {"prompt": f"p{i}", "chosen": f"c{i}", "rejected": f"r{i}", "chosen_score": 0.0 if i < 2 else 1.0,
+         "rejected_score": 1.0 if i < 2 else 0.0}
+        for i in range(n)
+    ]  # fmt: skip
+    margin = np.array([-3.0, -2.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5])
+    policy = np.concatenate([margin / 2, -margin / 2])
+
+    def fake_logps(model: str, items: list, cache_dir: object) -> list[np.ndarray]:
+        return [policy.copy() if model == "policy/ckpt" else np.zeros(2 * n)]
+
+    monkeypatch.setattr(evaluate, "cached_logps", fake_logps)
+    monkeypatch.setattr(evaluate, "response_lengths", lambda model, p, r: np.ones(len(r)))
+    monkeypatch.setattr(attack, "read_jsonl", lambda path: pairs)
+    follower = {"space": "probability", "gamma": 0.1, "epsilon": 0.01, "pieces": 6, "max_shift": 0.01}
+    capped, uncapped = attack.seed_attack("policy/ckpt", "base", Path("seed.jsonl"), follower, 0.1, None)
+    assert capped["max_shift"] == 0.01 and uncapped["max_shift"] is None
+    assert capped["flipped"] == uncapped["flipped"] == 2
+    assert capped["negative_margin_flipped"] == 2 and capped["negative_margin_clean"] == 0
+    assert capped["flipped_margin_mean"] == pytest.approx(-2.5)
+    # uncapped, the budget goes where the loss is steepest, the lowest margins: the flipped pairs, beyond chance
+    assert uncapped["flipped_pairs"] == [0, 1] and 0 < uncapped["attacked"] < n
+    assert set(uncapped["attacked_pairs"]) <= {0, 1} and uncapped["flipped_attacked"] == uncapped["attacked"]
+    assert uncapped["p_at_least"] == pytest.approx(
+        attack.chance_at_least(uncapped["attacked"], uncapped["attacked"], 2, n), rel=1e-12
+    )
+    # capped at max_shift = epsilon, every pair gives up the same mass whatever its margin: no better than chance
+    assert capped["attacked_pairs"] == list(range(n)) and capped["p_at_least"] == pytest.approx(1.0)
+    assert uncapped["p_at_least"] < capped["p_at_least"]
