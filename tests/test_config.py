@@ -42,6 +42,19 @@ def test_overrides_parse_as_yaml_and_nest() -> None:
     assert load_config("tiny", ["judge.options.temperature=0.5"]).judge.options == {"temperature": 0.5}
 
 
+def test_a_mapping_override_replaces_the_recipes_mapping() -> None:
+    # hidden's annotator options merge with a dotted key and are dropped by an explicit mapping
+    assert load_config("hidden", ["judge.options.gate=on_task"]).judge.options == {"reward": "mean", "gate": "on_task"}
+    assert load_config("hidden", ["judge.name=structure", "judge.options={}"]).judge.options == {}
+    assert load_config("hidden", ["judge.options={gate: on_task}"]).judge.options == {"gate": "on_task"}
+    # a nested section given in part keeps its own default: evaluate's judge stays the verifiable one
+    assert load_config("tiny", ["evaluate.judge.options={temperature: 0.2}"]).evaluate.judge.name == "verifiable"
+    assert load_config("tiny", ["evaluate.judge.options.temperature=0.2"]).evaluate.judge.name == "verifiable"
+    # a section given whole keeps nothing of the recipe's section
+    follower = load_config("hidden", ["follower={epsilon: 0.05}"]).follower
+    assert follower.epsilon == 0.05 and follower.max_shift is None
+
+
 def test_unknown_keys_list_the_valid_ones() -> None:
     with pytest.raises(ValueError, match=r"^learnig_rate: unknown config key; valid keys: method, rounds"):
         load_config("tiny", ["learnig_rate=1"])

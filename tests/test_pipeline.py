@@ -297,6 +297,31 @@ def test_judges_resolve_by_name_and_reject_bad_options() -> None:
         build_judge("implicit_reward", {}, None)
 
 
+def test_a_judge_that_cannot_take_its_options_stops_the_run_before_a_model_loads(
+    tmp_path: Path, tiny_model_dir: Path, preference_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sgpo.models
+    from sgpo.pipeline.judges import check_judge_options
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(sgpo.models, "load_model", no_model)
+    monkeypatch.setattr(sgpo.models, "resolve_model", no_model)
+    out = tmp_path / "run"
+    # the hidden recipe's annotator options, kept when only the judge's name changes
+    base = tiny_overrides(tiny_model_dir, preference_files, out, "judge.options={reward: mean}")
+    with pytest.raises(
+        ValueError, match=r"judge.options: \{'reward': 'mean'\} do not fit VowelJudge.*judge.options=\{\}"
+    ):
+        run(load_config("tiny", [*base, "judge.name=test_pipeline:VowelJudge"]))
+    with pytest.raises(ValueError, match="evaluate.judge.options: .* do not fit "):
+        run(load_config("tiny", [*base, "evaluate.judge.options={reward: mean}"]))
+    # the options a judge takes, the pipeline context included, pass
+    check_judge_options("implicit_reward", {"reward": "mean", "gate": "on_task"})
+    check_judge_options("test_pipeline:VowelJudge", {})
+
+
 def test_global_batches_split_over_processes_cover_each_pair_once() -> None:
     from sgpo.pipeline.leader import TrainSettings
 

@@ -330,7 +330,9 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+def _build(cls: type, values: dict[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """``cls`` with ``values`` set on ``base`` (default ``cls()``); a nested section given in part keeps the rest of
+    its parent's default (``evaluate.judge`` keeps its own default judge when only its options are given)."""
     known = _fields(cls)
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(values) - set(known))
@@ -339,17 +341,30 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
             f"{prefix}{unknown[0]}: unknown config key; valid keys{' in ' + prefix[:-1] if prefix else ''}: "
             f"{', '.join(known)}"
         )
-    instance = cls()
+    instance = cls() if base is None else base
     for name, value in values.items():
-        setattr(instance, name, _coerce(f"{prefix}{name}", value, hints[name]))
+        current = getattr(instance, name)
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict) and current is not None:
+            setattr(instance, name, _build(hints[name], value, prefix=f"{prefix}{name}.", base=current))
+        else:
+            setattr(instance, name, _coerce(f"{prefix}{name}", value, hints[name]))
     return instance
+
+
+class _Replace:
+    """An override's mapping value: it takes the key's place instead of merging into it."""
+
+    def __init__(self, value: dict[str, Any]) -> None:
+        self.value = value
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+        if isinstance(value, _Replace):
+            out[key] = value.value
+        elif isinstance(value, dict):
+            out[key] = _merge(out[key] if isinstance(out.get(key), dict) else {}, value)
         else:
             out[key] = value
     return out
@@ -402,8 +417,9 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
         raise ValueError(f"config: {path} must hold a mapping of keys, got {type(values).__name__}")
     for text in overrides:
         keys, value = parse_override(text)
-        nested: Any = value
-        for key in reversed(keys):
+        # the key is set to the value: a mapping replaces what the recipe holds there (judge.options={} empties it)
+        nested: Any = {keys[-1]: _Replace(value) if isinstance(value, dict) else value}
+        for key in reversed(keys[:-1]):
             nested = {key: nested}
         values = _merge(values, nested)
     return config_from_dict(values)

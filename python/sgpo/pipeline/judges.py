@@ -293,10 +293,31 @@ def check_judge_class(name: str, option: str = "judge.name") -> type:
     return cls
 
 
+def _options_key(option: str) -> str:
+    return option.rsplit(".", 1)[0] + ".options" if "." in option else f"{option}-options"
+
+
+def check_judge_options(name: str, options: dict[str, Any], option: str = "judge.name") -> None:
+    """Refuse, before any model loads, options that the judge's constructor would not take.
+
+    A recipe's options stay when only ``judge.name`` changes; the message says how to drop them."""
+    import inspect
+
+    cls = check_judge_class(name, option)
+    pipeline = hasattr(cls, "from_pipeline")
+    try:
+        inspect.signature(cls.from_pipeline if pipeline else cls).bind(*([None] if pipeline else []), **options)
+    except TypeError as err:
+        raise ValueError(
+            f"{_options_key(option)}: {options!r} do not fit {cls.__name__}: {err} "
+            f"(a recipe's options stay when {option} changes; {_options_key(option)}={{}} drops them)"
+        ) from err
+
+
 def build_judge(name: str, options: dict[str, Any], context: JudgeContext | None, option: str = "judge.name") -> Any:
     """Instantiate a judge; ``from_pipeline`` classes get ``context`` (the running policy) as well."""
     cls = check_judge_class(name, option)
-    options_key = option.rsplit(".", 1)[0] + ".options" if "." in option else f"{option}-options"
+    options_key = _options_key(option)
     try:
         if hasattr(cls, "from_pipeline"):
             if context is None:

@@ -713,9 +713,13 @@ class Run:
 
     def prepare(self) -> None:
         from sgpo.models import load_tokenizer, resolve_model
+        from sgpo.pipeline.judges import check_judge_options
 
         cfg = self.cfg
         self.check_config()
+        if cfg.rounds > 0:
+            check_judge_options(cfg.judge.name, dict(cfg.judge.options))
+        check_judge_options(cfg.evaluate.judge.name, dict(cfg.evaluate.judge.options), "evaluate.judge.name")
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             for directory in [self.out, *self.out.glob("round_*"), *self.out.glob("round_*/*_parts")]:
