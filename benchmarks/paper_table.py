@@ -124,7 +124,7 @@ def variants(gold_judge: str = "verifiable") -> list[Variant]:
             "sppo",
             f"SPPO, the gold judge ({gold_judge}) as preference model on every sample (K = 5): sees gold labels",
             # SPPO on gold starts from the instruct model itself, as in its paper: no DPO round on the seed
-            (*sppo, f"judge.name={gold_judge}", "round0.enabled=false"),
+            (*sppo, f"judge.name={gold_judge}", "judge.options={}", "round0.enabled=false"),
         ),
     ]
     v += [Variant(8, f"eps_{e:g}", f"SSAPO eps = {e:g}", tuple(ssapo(e))) for e in EPSILONS]

@@ -90,6 +90,7 @@ def test_every_row_of_the_issue_is_a_variant(table) -> None:
 @pytest.mark.parametrize("task", ["verifiable", "hidden:warmth"])
 def test_every_variant_is_a_valid_run_config_with_equal_round0_steps(table, tmp_path: Path, task: str) -> None:
     from sgpo.pipeline import load_config
+    from sgpo.pipeline.judges import check_judge_options
 
     recipe = load_config("hidden" if task != "verifiable" else "default", [])
     seed_size = recipe.data.max_seed_pairs if task != "verifiable" else 16
@@ -116,6 +117,9 @@ def test_every_variant_is_a_valid_run_config_with_equal_round0_steps(table, tmp_
         )
         if not v.iterative:
             assert cfg.method == "dpo" and cfg.rounds == 0
+        else:
+            # the annotating judge takes its options (the recipe's annotator options do not follow a gold judge)
+            check_judge_options(cfg.judge.name, dict(cfg.judge.options))
         # round 0 takes the same optimizer steps whatever the seed's size
         steps.add(epochs * -(-len(rows) // cfg.train.batch_size))
     # the recipe's seed: hidden 32 epochs of 16 pairs, verifiable 3 epochs of 16 (the table's budget), batches of 4
