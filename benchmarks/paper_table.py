@@ -67,6 +67,23 @@ TRAIN_BUDGET = [
 ]
 
 
+def hidden_budget() -> list[str]:
+    """The hidden recipe's training settings as overrides of the default recipe (``--train-settings hidden``): learning
+    rates, batches, round 0's epochs and the annotator's options, so the verifiable track runs side by side with the
+    hidden one."""
+    from sgpo.pipeline import load_config
+
+    h = load_config("hidden", [])
+    return [
+        f"train.learning_rate={h.train.learning_rate}",
+        f"train.batch_size={h.train.batch_size}",
+        f"train.per_device_batch_size={h.train.per_device_batch_size}",
+        f"round0.learning_rate={h.round0.learning_rate}",
+        f"round0.epochs={h.round0.epochs}",
+        f"judge.options={json.dumps(dict(h.judge.options))}",
+    ]
+
+
 def ssapo(epsilon: float, *extra: str) -> list[str]:
     return [*SSAPO, f"follower.epsilon={epsilon}", f"follower.max_shift={epsilon}", *extra]
 
@@ -384,12 +401,16 @@ class Table:
             f"generation.max_new_tokens={self.max_new_tokens}",
             "threads=1",
             # the hidden recipe's training settings are the pilot's (benchmarks/pilot_hidden.py), kept in hidden.yaml
-            *([] if self.task.hidden else TRAIN_BUDGET),
+            *([] if self.task.hidden else self.track_budget()),
             *([f"round0.epochs={args.round0_epochs}"] if getattr(args, "round0_epochs", None) else []),
         ]
         from sgpo.pipeline import load_config
 
         self.config = load_config(self.task.config, self.base)
+
+    def track_budget(self) -> list[str]:
+        """The verifiable track's training settings: its own (``--train-settings track``) or the hidden recipe's."""
+        return hidden_budget() if getattr(self.args, "train_settings", "track") == "hidden" else TRAIN_BUDGET
 
     def log(self, message: str) -> None:
         with self.lock:
@@ -865,6 +886,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--table-only", action="store_true", help="print the table and plots of the results so far; run nothing"
     )
     parser.add_argument(
+        "--train-settings",
+        choices=("track", "hidden"),
+        default="track",
+        help="the verifiable track's training settings: its own, or the hidden recipe's (learning rates, round 0's "
+        "steps, the annotator's options) to compare the tracks side by side",
+    )
+    parser.add_argument(
         "--round0-epochs",
         type=int,
         default=None,
@@ -895,7 +923,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rows, args.seeds = [r for r in args.rows if r <= 5], args.seeds[:1]
         args.num_prompts = args.num_prompts or 64
         args.prompts_per_round = max(1, args.prompts_per_round // 2)
-        round0 = recipe.round0.epochs if task.hidden else load_config(task.config, TRAIN_BUDGET).round0.epochs
+        budget = hidden_budget() if args.train_settings == "hidden" else TRAIN_BUDGET
+        round0 = recipe.round0.epochs if task.hidden else load_config(task.config, budget).round0.epochs
         args.round0_epochs = args.round0_epochs or max(1, round0 // 2)
         out += "_quick"
     args.num_prompts = args.num_prompts or (256 if task.hidden else 64)

@@ -359,3 +359,20 @@ def test_quick_is_a_smaller_table_in_its_own_directory(table, tmp_path: Path, ta
     # an explicit choice wins over the check's defaults
     chosen = table.parse_args(["--task", task, "--quick", "--round0-epochs", "5", "--out", str(tmp_path / "mine")])
     assert chosen.round0_epochs == 5 and chosen.out == str(tmp_path / "mine")
+
+
+def test_the_verifiable_track_can_train_with_the_hidden_recipes_settings(table, tmp_path: Path) -> None:
+    from sgpo.pipeline import load_config
+
+    args = table.parse_args(["--task", "verifiable", "--train-settings", "hidden", "--out", str(tmp_path)])
+    t = table.Table(args)
+    hidden, ours = load_config("hidden", []), t.config
+    for section, key in [("train", "learning_rate"), ("train", "batch_size"), ("round0", "learning_rate")]:
+        assert getattr(getattr(ours, section), key) == getattr(getattr(hidden, section), key)
+    assert ours.judge.options == hidden.judge.options and ours.judge.name == hidden.judge.name
+    # round 0 takes the hidden recipe's steps on the 16 bundled seed pairs
+    seed_file = t.seed_pairs(table.variants(t.task.judge)[0], 1)
+    assert t.round0_epochs(seed_file) == hidden.round0.epochs
+    # the track's own settings stay the default
+    own = table.Table(table.parse_args(["--task", "verifiable", "--out", str(tmp_path / "own")]))
+    assert own.config.train.learning_rate != hidden.train.learning_rate
