@@ -148,6 +148,7 @@ def test_one_module_class_judge_in_label_eval_and_run(
     monkeypatch: pytest.MonkeyPatch,
     preference_files: dict[str, Path],
     single_thread: Any,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from conftest import tiny_overrides
     from sgpo.pipeline import load_config, run
@@ -181,6 +182,9 @@ def test_one_module_class_judge_in_label_eval_and_run(
         ]
     )
     assert own["agreement"] == pytest.approx(expected)
+    # the run says how many labels gold decided, so a small round's percentage is not read as a rate
+    printed = capsys.readouterr().out
+    assert f"of the {own['pairs']} round labels it decides ({own['ties']} ties)" in printed, printed[-3000:]
     # the length-debiased annotator: raw summed log-ratios kept, the debiased ones chose
     counts = json.loads((tmp_path / "run" / "round_1" / "annotation_counts.json").read_text())
     alpha = counts["length_alpha"]

@@ -788,9 +788,12 @@ class Run:
             annotation = files.read_json(round_dir / "annotation_counts.json")
             if "gold_agreement" in annotation:
                 metrics.setdefault("annotator", {})["round"] = annotation.pop("gold_agreement")
-                value = metrics["annotator"]["round"]["agreement"]
-                if value is not None:
-                    self.say(f"round {t}: the gold judge agrees with {100 * value:.1f}% of the round's labels")
+                measured = metrics["annotator"]["round"]
+                if measured["agreement"] is not None:
+                    self.say(
+                        f"round {t}: the gold judge agrees with {100 * measured['agreement']:.1f}% of the "
+                        f"{measured['pairs']} round labels it decides ({measured['ties']} ties)"
+                    )
             metrics["data"] = {**counts, **annotation, "mean_margin": float(np.mean([p["margin"] for p in pairs]))}
             extra: dict[str, Any] = {}
             if self.cfg.method == "ssapo":
