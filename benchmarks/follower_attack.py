@@ -33,6 +33,7 @@ import sgpo.ops
 import torch
 import yaml
 from safetensors.numpy import load_file
+from sgpo.follower import follower_inputs, moved_mass
 from sgpo.pipeline.files import read_jsonl
 
 
@@ -70,7 +71,7 @@ def round_attack(run_dir: Path, t: int, judge: Any, cfg: dict[str, Any]) -> dict
     weights, shifts = tensors["weights"].astype(np.float64), tensors["shifts"].astype(np.float64)
     pairs = read_jsonl(round_dir / "annotations.jsonl")
     margins = np.array([p["margin"] for p in pairs], dtype=np.float64)
-    moved = (weights * (np.abs(shifts) > 1e-12)).sum(axis=1)
+    moved = moved_mass(weights, shifts)
     attacked = moved > 0
     prompts = [p["prompt"] for p in pairs]
     chosen = np.asarray(judge.scores(prompts, [p["chosen"] for p in pairs]), dtype=np.float64)
@@ -132,12 +133,11 @@ def seed_attack(
     margins = reward[0] - reward[1]
     flipped = np.array([p["chosen_score"] < p["rejected_score"] for p in pairs])
     space = follower["space"]
-    xi = 1.0 / (1.0 + np.exp(-follower["gamma"] * margins)) if space == "probability" else beta * margins
+    xi = follower_inputs(margins, space, follower["gamma"], beta)
     rows = []
     for cap in (follower.get("max_shift"), None):
         result = sgpo.worst_case(xi, follower["epsilon"], pieces=follower["pieces"], space=space, max_shift=cap)
-        weights, shifts = np.asarray(result.weights), np.asarray(result.shifts)
-        moved = (weights * (np.abs(shifts) > 1e-12)).sum(axis=1)
+        moved = moved_mass(result.weights, result.shifts)
         attacked = moved > 1e-9
         hits = int((attacked & flipped).sum())
         rows.append(

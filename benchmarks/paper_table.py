@@ -84,6 +84,11 @@ def hidden_budget() -> list[str]:
     ]
 
 
+def track_budget(train_settings: str) -> list[str]:
+    """The verifiable track's training settings: its own (``--train-settings track``) or the hidden recipe's."""
+    return hidden_budget() if train_settings == "hidden" else TRAIN_BUDGET
+
+
 def ssapo(epsilon: float, *extra: str) -> list[str]:
     return [*SSAPO, f"follower.epsilon={epsilon}", f"follower.max_shift={epsilon}", *extra]
 
@@ -401,16 +406,12 @@ class Table:
             f"generation.max_new_tokens={self.max_new_tokens}",
             "threads=1",
             # the hidden recipe's training settings are the pilot's (benchmarks/pilot_hidden.py), kept in hidden.yaml
-            *([] if self.task.hidden else self.track_budget()),
+            *([] if self.task.hidden else track_budget(getattr(args, "train_settings", "track"))),
             *([f"round0.epochs={args.round0_epochs}"] if getattr(args, "round0_epochs", None) else []),
         ]
         from sgpo.pipeline import load_config
 
         self.config = load_config(self.task.config, self.base)
-
-    def track_budget(self) -> list[str]:
-        """The verifiable track's training settings: its own (``--train-settings track``) or the hidden recipe's."""
-        return hidden_budget() if getattr(self.args, "train_settings", "track") == "hidden" else TRAIN_BUDGET
 
     def log(self, message: str) -> None:
         with self.lock:
@@ -923,8 +924,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rows, args.seeds = [r for r in args.rows if r <= 5], args.seeds[:1]
         args.num_prompts = args.num_prompts or 64
         args.prompts_per_round = max(1, args.prompts_per_round // 2)
-        budget = hidden_budget() if args.train_settings == "hidden" else TRAIN_BUDGET
-        round0 = recipe.round0.epochs if task.hidden else load_config(task.config, budget).round0.epochs
+        round0 = (recipe if task.hidden else load_config(task.config, track_budget(args.train_settings))).round0.epochs
         args.round0_epochs = args.round0_epochs or max(1, round0 // 2)
         out += "_quick"
     args.num_prompts = args.num_prompts or (256 if task.hidden else 64)

@@ -83,3 +83,15 @@ def test_seed_attack_finds_the_flipped_pairs_the_policy_disbelieves(attack, monk
     # capped at max_shift = epsilon, every pair gives up the same mass whatever its margin: no better than chance
     assert capped["attacked_pairs"] == list(range(n)) and capped["p_at_least"] == pytest.approx(1.0)
     assert uncapped["p_at_least"] < capped["p_at_least"]
+
+
+def test_follower_inputs_and_moved_mass_are_the_pipelines() -> None:
+    from sgpo.follower import follower_inputs, moved_mass
+
+    h = np.array([-2.0, 0.0, 3.0])
+    assert follower_inputs(h, "probability", 0.1, 0.5) == pytest.approx(1 / (1 + np.exp(-0.1 * h)))
+    assert follower_inputs(h, "margin", 0.1, 0.5) == pytest.approx(0.5 * h)
+    weights = np.array([[0.7, 0.3], [1.0, 0.0], [0.5, 0.5]])
+    shifts = np.array([[0.0, 0.2], [0.0, 0.0], [1e-13, 0.4]])
+    # a shift below the solver's zero moves nothing
+    assert moved_mass(weights, shifts) == pytest.approx([0.3, 0.0, 0.5])

@@ -44,6 +44,19 @@ class WorstCase:
     dual: Any
 
 
+def follower_inputs(margins: np.ndarray, space: str, gamma: float, beta: float) -> np.ndarray:
+    """The follower's inputs xi of annotated margins h (DESIGN 1.2): ``sigmoid(gamma * h)`` in probability space,
+    ``beta * h`` in margin space (float64)."""
+    h = np.asarray(margins, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-gamma * h)) if space == "probability" else beta * h
+
+
+def moved_mass(weights: Any, shifts: Any) -> np.ndarray:
+    """Per margin: the share of its unit mass that a worst case ``(weights, shifts)`` moves (shift not 0)."""
+    w, d = np.asarray(weights), np.asarray(shifts)
+    return (w * (np.abs(d) > 1e-12)).sum(axis=1)
+
+
 def worst_case(
     margins: Any,
     epsilon: float,

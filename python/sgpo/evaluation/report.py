@@ -11,6 +11,7 @@ import numpy as np
 
 from sgpo.evaluation.judge import WinRate
 from sgpo.evaluation.statistics import PairedComparison
+from sgpo.follower import moved_mass
 
 
 @dataclass
@@ -145,7 +146,7 @@ def plot_follower(rounds: Sequence[RoundArtifacts], path: Path) -> Path:
     fig, axes = plt.subplots(2, len(shown), figsize=(3.2 * len(shown), 5.0), squeeze=False)
     for col, r in enumerate(shown):
         w, d = np.asarray(r.weights), np.asarray(r.shifts)
-        moved = (w * (np.abs(d) > 1e-12)).sum(axis=1)
+        moved = moved_mass(w, d)
         mean_shift = (w * d).sum(axis=1)
         axes[0][col].scatter(r.follower_inputs, moved, s=6)
         axes[0][col].set_title(f"round {r.round}")
@@ -219,7 +220,7 @@ def rounds_table(rounds: Sequence[RoundArtifacts]) -> str:
             continue
         moved = "-"
         if r.weights is not None and r.shifts is not None:
-            moved = f"{float((r.weights * (np.abs(r.shifts) > 1e-12)).sum(axis=1).mean()):.4f}"
+            moved = f"{float(moved_mass(r.weights, r.shifts).mean()):.4f}"
         lines.append(
             f"| {r.round} | {r.margins.size} | {float(r.margins.mean()):.4f} | "
             f"{float((r.margins < 0).mean()):.2f} | {moved} |"

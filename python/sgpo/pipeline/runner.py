@@ -457,16 +457,13 @@ class Run:
         from safetensors.numpy import load_file, save_file
 
         import sgpo
+        from sgpo.follower import follower_inputs, moved_mass
 
         f = self.cfg.follower
         path = self.round_dir(t) / "worst_case.safetensors"
         if not self.done(path):
             margins = np.asarray([p["margin"] for p in pairs], dtype=np.float64)
-            # the follower's inputs xi (DESIGN 1.2): probability space sigmoid(gamma * h), margin space beta * h
-            if f.space == "probability":
-                xi = 1.0 / (1.0 + np.exp(-f.gamma * margins))
-            else:
-                xi = self.cfg.train.beta * margins
+            xi = follower_inputs(margins, f.space, f.gamma, self.cfg.train.beta)
             if self.main:
                 start = time.perf_counter()
                 result = sgpo.worst_case(
@@ -480,7 +477,7 @@ class Run:
                 )
                 seconds = time.perf_counter() - start
                 weights, shifts = np.asarray(result.weights), np.asarray(result.shifts)
-                moved = weights * (np.abs(shifts) > 1e-12)
+                moved = moved_mass(weights, shifts)
                 summary = {
                     "epsilon": f.epsilon,
                     "backend": f.backend,
