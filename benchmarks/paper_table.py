@@ -25,7 +25,9 @@ in compute. The reward-vs-KL picture of every row goes to ``frontier.png``, row 
     python benchmarks/paper_table.py --rows 2 5 8 --seeds 1 2 3        # the verifiable track
 
 Jobs run side by side as separate processes with one thread each. Runs resume: a finished run directory and its
-evaluation are reused, so an interrupted table continues where it stopped.
+evaluation are reused, so an interrupted table continues where it stopped. Runs share ``--out``/cache: every iterative
+run on a seed starts round 1 from the same round 0, so the first samples and labels that round and the others copy it;
+a run whose weights come out identical to another's (the same files) reuses its evaluation too.
 """
 
 from __future__ import annotations
@@ -405,6 +407,8 @@ class Table:
             "evaluate.prompts=null",
             f"generation.max_new_tokens={self.max_new_tokens}",
             "threads=1",
+            # runs that start a round from the same policy sample and judge it once (sgpo.pipeline.cache)
+            f"cache_dir={self.out / 'cache'}",
             # the hidden recipe's training settings are the pilot's (benchmarks/pilot_hidden.py), kept in hidden.yaml
             *([] if self.task.hidden else track_budget(getattr(args, "train_settings", "track"))),
             *([f"round0.epochs={args.round0_epochs}"] if getattr(args, "round0_epochs", None) else []),
@@ -566,22 +570,24 @@ class Table:
         def finished(v: Variant, seed: int) -> bool:
             return lookup(self.results, v.name, seed) is not None
 
+        # the donors whose round 0 an unfinished iterative run of each seed still needs
+        waiting = {seed: {v.donor for v in chosen if v.donor and not finished(v, seed)} for seed in a.seeds}
+        # each run in turn for every seed: two iterative runs side by side then start from different round-0 policies,
+        # and a later run on the same seed finds its first round's samples and labels in the shared cache
+        order = sorted(((v, seed) for seed in a.seeds for v in todo), key=lambda p: (todo.index(p[0]), p[1]))
         futures: dict[str, Future] = {}
         with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-            for seed in a.seeds:
-                # the donors whose round 0 an unfinished iterative run of this seed still needs
-                waiting = {v.donor for v in chosen if v.donor and not finished(v, seed)}
-                for v in todo:
-                    key = f"{v.name}_s{seed}"
-                    if key in futures or f"{SAME_RUN.get(v.name, '')}_s{seed}" in futures:
-                        continue
-                    # a row that is another row's run (SAME_RUN) is finished when that run is
-                    if finished(v, seed) and not (v.name in waiting and self.lost_round0(v, seed)):
-                        done: Future = Future()
-                        done.set_result(None)
-                        futures[key] = done
-                        continue
-                    futures[key] = pool.submit(self.job, v, seed, futures.get(f"{v.donor}_s{seed}"))
+            for v, seed in order:
+                key = f"{v.name}_s{seed}"
+                if key in futures or f"{SAME_RUN.get(v.name, '')}_s{seed}" in futures:
+                    continue
+                # a row that is another row's run (SAME_RUN) is finished when that run is
+                if finished(v, seed) and not (v.name in waiting[seed] and self.lost_round0(v, seed)):
+                    done: Future = Future()
+                    done.set_result(None)
+                    futures[key] = done
+                    continue
+                futures[key] = pool.submit(self.job, v, seed, futures.get(f"{v.donor}_s{seed}"))
             for future in futures.values():
                 future.result()
         for v in chosen:

@@ -339,6 +339,26 @@ def test_a_row_that_is_another_rows_run_is_not_trained_again(
     assert t.results["eps_0_s1"]["row"] == 8 and t.results["eps_0.01_s1"]["win_rate"] == 60.0
 
 
+def test_runs_share_a_cache_and_seeds_take_turns(table, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = table.argparse.Namespace(
+        out=str(tmp_path), task="hidden:structure", rounds=2, prompts_per_round=32, max_new_tokens=None,
+        seed_size=16, rows=[4, 5], seeds=[1, 2], jobs=1, table_only=False,
+    )  # fmt: skip
+    t = table.Table(args)
+    assert f"cache_dir={tmp_path / 'cache'}" in t.base
+    ran = []
+    monkeypatch.setattr(t, "evaluate", lambda model, name: {"mean_score": 0.2})
+    monkeypatch.setattr(t, "job", lambda v, seed, donor: ran.append(f"{v.name}_s{seed}"))
+    monkeypatch.setattr(t, "print_table", lambda chosen: None)
+    t.run()
+    # the donors first; then each run for both seeds, so the two side by side start from different round-0 policies
+    # and the next run on a seed finds round 1 in the cache
+    assert ran == [
+        "dpo_seed_s1", "dpo_seed_s2", "iter_dpo_s1", "iter_dpo_s2",
+        "ssapo_prob_s1", "ssapo_prob_s2", "ssapo_margin_s1", "ssapo_margin_s2",
+    ]  # fmt: skip
+
+
 @pytest.mark.parametrize("task", ["hidden:structure", "verifiable"])
 def test_quick_is_a_smaller_table_in_its_own_directory(table, tmp_path: Path, task: str) -> None:
     from sgpo.pipeline import load_config

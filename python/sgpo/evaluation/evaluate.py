@@ -73,17 +73,14 @@ def load_eval_prompts(source: str, limit: int) -> list[object]:
 
 
 def _fingerprint(model: str, prompts: Sequence[str], settings: EvalSettings) -> str:
-    """A key that changes when the model's files, the prompts or the sampling settings change."""
+    """A key that changes when the model's files, the prompts or the sampling settings change. It reads the files'
+    content, not their place: two runs that trained the same weights share their evaluation."""
     from sgpo.models import resolve_model
+    from sgpo.pipeline.cache import fingerprint
 
     digest = hashlib.sha256()
     resolved = Path(resolve_model(model))
-    digest.update(str(resolved.resolve() if resolved.exists() else resolved).encode())
-    if resolved.is_dir():
-        for f in sorted(resolved.iterdir()):
-            if f.is_file():
-                stat = f.stat()
-                digest.update(f"{f.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    digest.update((fingerprint(resolved) if resolved.exists() else str(resolved)).encode())
     digest.update(json.dumps(asdict(settings), sort_keys=True).encode())
     digest.update("\n".join(prompts).encode())
     return digest.hexdigest()[:16]

@@ -166,6 +166,9 @@ class RunConfig:
     output_dir: str = "runs/sgpo"
     # torch intra-op threads per process (null = torch's default, one per core); on shared CPUs fewer is faster
     threads: int | None = None
+    # round samples, judgments and held-out agreement shared between runs (sgpo.pipeline.cache): runs that start a
+    # round from the same policy files compute its stages once; null = off
+    cache_dir: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)

@@ -21,13 +21,14 @@ import argparse
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from sgpo.pipeline import distributed, files
+from sgpo.pipeline import cache, distributed, files
 from sgpo.pipeline.config import RunConfig, bundled_configs, load_config
 from sgpo.pipeline.data import RunData, fit_prompts, prepare_data
 from sgpo.pipeline.leader import spa_smoothing
@@ -58,6 +59,9 @@ class Run:
             project_dir=str(self.out),
         )
         distributed.enable_cpu_fsdp(self.accelerator)
+        self.stages = cache.StageCache(cfg.cache_dir)
+        # the stages of the current round copied from cache_dir
+        self.cached: list[str] = []
 
     @property
     def main(self) -> bool:
@@ -84,6 +88,32 @@ class Run:
         if self.main:
             _remove(parts)
 
+    def shared(self, stage: str, t: int, names: list[str], **inputs: Any) -> str | None:
+        """Copy round ``t``'s ``stage`` files from ``cache_dir`` when a run made them from the same policy files,
+        inputs and settings; returns the entry the stage stores its files under (None: no cache, done or not main).
+        Every process then sees the stage done or not through ``done``, which answers as the main process sees it."""
+        if self.stages.root is None or not self.main or (self.round_dir(t) / names[-1]).exists():
+            return None
+        checkpoint = self.checkpoint(t)
+        entry = cache.key(
+            stage,
+            policy=cache.fingerprint(checkpoint) if checkpoint is not None else None,
+            base=cache.fingerprint(self.base_path),
+            model=asdict(self.cfg.model),
+            threads=self.cfg.threads,
+            processes=self.accelerator.num_processes,
+            **inputs,
+        )
+        if self.stages.fetch(entry, self.round_dir(t), names):
+            self.cached.append(stage)
+            self.say(f"round {t}: {stage} copied from {self.stages.root} (the same policy files, inputs and settings)")
+        return entry
+
+    def keep(self, entry: str | None, t: int, names: list[str]) -> None:
+        """Store a stage this run computed for later runs (main process; a no-op without an entry)."""
+        if entry is not None and self.main:
+            self.stages.store(entry, self.round_dir(t), names)
+
     def round_dir(self, t: int) -> Path:
         return self.out / f"round_{t}"
 
@@ -102,7 +132,7 @@ class Run:
         if path.is_file():
             saved = yaml.safe_load(path.read_text())
             # where results go, how they are shown and how many threads compute them may change between calls
-            free = ("logging", "output_dir", "threads")
+            free = ("logging", "output_dir", "threads", "cache_dir")
             for section in free:
                 saved.pop(section, None)
             mine = {k: v for k, v in current.items() if k not in free}
@@ -248,10 +278,14 @@ class Run:
 
         g = self.cfg.generation
         path = self.round_dir(t) / "generations.jsonl"
+        seed = self.cfg.seed * 1000 + t
+        names = [path.name]
+        entry = self.shared(
+            "generate", t, names, prompts=prompts, generation=asdict(g), seed=seed, vllm=self.use_vllm()
+        )
         if self.done(path):
             self.drop_parts(self.round_dir(t) / "generate_parts")
             return [r["responses"] for r in files.read_jsonl(path)]
-        seed = self.cfg.seed * 1000 + t
         if self.use_vllm():
             responses = self.generate_vllm(t, model, prompts, seed)
         else:
@@ -279,6 +313,7 @@ class Run:
         if self.main:
             files.write_jsonl(path, [{"prompt": p, "responses": r} for p, r in zip(prompts, responses, strict=True)])
             _remove(self.round_dir(t) / "generate_parts")
+            self.keep(entry, t, names)
         self.barrier()
         return responses
 
@@ -330,6 +365,16 @@ class Run:
         )
         return build_judge(self.cfg.judge.name, dict(self.cfg.judge.options), context)
 
+    def judging_settings(self) -> dict[str, Any]:
+        """What a judge's scores depend on besides the policy and the base model (for ``shared``)."""
+        return {
+            "judge": {"name": self.cfg.judge.name, "options": dict(self.cfg.judge.options)},
+            "beta": self.cfg.train.beta,
+            "max_length": self.cfg.data.max_length,
+            # the batch a forward pass pads to can move its log-probs in the last bits
+            "batch_size": self.cfg.train.per_device_batch_size,
+        }
+
     def heldout_agreement(self, t: int, model: Any) -> dict[str, Any] | None:
         """The annotator's agreement with gold on ``judge.agreement_pairs``, with the policy round ``t`` starts from."""
         from sgpo.pipeline.annotator import heldout_agreement
@@ -339,11 +384,13 @@ class Run:
         if source is None:
             return None
         path = self.round_dir(t) / "agreement.json"
+        pairs = pairs_from_table(load_table(source, kind="seed_pairs"), self.cfg.data, source)
+        entry = self.shared("agreement", t, [path.name], pairs=pairs, **self.judging_settings())
         if not self.done(path):
-            pairs = pairs_from_table(load_table(source, kind="seed_pairs"), self.cfg.data, source)
             result = heldout_agreement(self.annotator(model), pairs).to_dict()
             if self.main:
                 files.write_json(path, result)
+                self.keep(entry, t, [path.name])
             self.barrier()
         return files.read_json(path)
 
@@ -352,6 +399,18 @@ class Run:
         from sgpo.pipeline.judges import choose_pair, win_probabilities
 
         path = self.round_dir(t) / "annotations.jsonl"
+        # the counts first: the annotations mark the stage done
+        names = ["annotation_counts.json", path.name]
+        entry = self.shared(
+            "annotate",
+            t,
+            names,
+            prompts=prompts,
+            responses=responses,
+            method=self.cfg.method,
+            gold=asdict(self.cfg.evaluate.judge),
+            **self.judging_settings(),
+        )
         if self.done(path):
             self.drop_parts(self.round_dir(t) / "annotate_parts")
             return files.read_jsonl(path)
@@ -440,6 +499,7 @@ class Run:
             files.write_json(self.round_dir(t) / "annotation_counts.json", counts)
             files.write_jsonl(path, pairs)
             _remove(parts)
+            self.keep(entry, t, names)
         self.barrier()
         return pairs
 
@@ -747,6 +807,7 @@ class Run:
         # seconds per stage in this call (a stage finished by an earlier call counts ~0)
         timings: dict[str, float] = {}
         metrics["timings"] = timings
+        self.cached = []
         if t == 0:
             seed = self.data.seed_pairs
             prompts, kept, counts = fit_prompts(
@@ -819,6 +880,9 @@ class Run:
             del model
             metrics["eval"] = self.evaluate(t, self.load_policy(round_dir / "checkpoint"))
         metrics["seconds"] = time.perf_counter() - started
+        if self.cached:
+            # stages this call copied from cache_dir; their timings are the copy's
+            metrics["cached"] = list(self.cached)
         if self.main:
             files.write_json(metrics_path, metrics)
         self.barrier()
