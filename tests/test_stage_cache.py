@@ -125,3 +125,24 @@ def test_an_evaluation_is_shared_by_checkpoints_with_the_same_files(tmp_path: Pa
     settings = EvalSettings()
     assert _fingerprint(str(copy), ["p"], settings) == _fingerprint(str(tiny_model_dir), ["p"], settings)
     assert _fingerprint(str(copy), ["q"], settings) != _fingerprint(str(tiny_model_dir), ["p"], settings)
+
+
+def test_a_judge_is_known_by_its_code_and_the_files_its_options_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = tmp_path / "cache_test_judge.py"
+    module.write_text("class Judge:\n    def __init__(self, weights=None):\n        pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"one")
+    name = "cache_test_judge:Judge"
+    before = cache.judge_identity(name, {"weights": str(weights)})
+    assert before == cache.judge_identity(name, {"weights": str(weights)})
+    # retrained weights at the same path, or an edited class, are another judge
+    weights.write_bytes(b"two")
+    assert cache.judge_identity(name, {"weights": str(weights)}) != before
+    weights.write_bytes(b"one")
+    module.write_text(module.read_text() + "# edited\n")
+    assert cache.judge_identity(name, {"weights": str(weights)}) != before
+    # options that are not paths are compared as values
+    assert cache.judge_identity("implicit_reward", {"reward": "mean"}) != cache.judge_identity("implicit_reward", {})

@@ -3,8 +3,9 @@
 Runs that start a round from the same policy sample and judge the same thing: an epsilon sweep, the follower's spaces
 and backends, and plain iterative DPO all start round 1 from one round 0. With a shared ``cache_dir`` the first of them
 to reach a stage computes it and the others copy its files. An entry is keyed by the content of every model file the
-stage reads (the policy's checkpoint and the base model), its inputs (prompts, responses, held-out pairs) and every
-setting it depends on, so a changed setting or a retrained checkpoint misses instead of reusing a stale answer.
+stage reads (the policy's checkpoint, the base model, a judge's own model files and the file defining its class), its
+inputs (prompts, responses, held-out pairs) and every setting it depends on, so a changed setting, a retrained
+checkpoint or an edited judge misses instead of reusing a stale answer.
 """
 
 from __future__ import annotations
@@ -24,23 +25,29 @@ from sgpo.pipeline import files
 FORMAT = 1
 
 _seen: dict[tuple[str, int, int], str] = {}
+_REMEMBERED = 1 << 20
 
 
 def _file_digest(path: Path) -> str:
     stat = path.stat()
     memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if memo not in _seen:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+    if memo in _seen:
+        return _seen[memo]
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    # only large files are remembered: a small one rewritten within the clock tick of its mtime keeps its size and
+    # mtime, and it costs nothing to read again
+    if stat.st_size >= _REMEMBERED:
         _seen[memo] = digest.hexdigest()
-    return _seen[memo]
+    return digest.hexdigest()
 
 
 def fingerprint(path: str | os.PathLike[str]) -> str:
     """A digest of a file's bytes, or of every file under a directory (relative names and bytes): equal digests mean
-    the same model files wherever they lie. Files are hashed once per process while their size and mtime hold."""
+    the same model files wherever they lie. Files of 1 MiB or more are hashed once per process while their size and
+    mtime hold."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: nothing to fingerprint")
@@ -61,6 +68,27 @@ def key(stage: str, **parts: Any) -> str:
     payload = {"stage": stage, "format": FORMAT, "sgpo": sgpo.__version__, "torch": torch.__version__, **parts}
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, default=str)
     return f"{stage}-{hashlib.sha256(text.encode()).hexdigest()[:24]}"
+
+
+def judge_identity(name: str, options: dict[str, Any], option: str = "judge.name") -> dict[str, Any]:
+    """What a judge's answers depend on besides its inputs: its name and options, the file its class is defined in,
+    and the content of every file or directory an option names (a reward model's weights, a rubric's data)."""
+    import inspect
+
+    from sgpo.pipeline.judges import judge_class
+
+    source = inspect.getsourcefile(judge_class(name, option))
+    named = {
+        key: fingerprint(value)
+        for key, value in sorted(options.items())
+        if isinstance(value, str) and value and Path(value).expanduser().exists()
+    }
+    return {
+        "name": name,
+        "options": dict(options),
+        "code": fingerprint(source) if source else None,
+        "files": named,
+    }
 
 
 class StageCache:

@@ -368,7 +368,7 @@ class Run:
     def judging_settings(self) -> dict[str, Any]:
         """What a judge's scores depend on besides the policy and the base model (for ``shared``)."""
         return {
-            "judge": {"name": self.cfg.judge.name, "options": dict(self.cfg.judge.options)},
+            "judge": cache.judge_identity(self.cfg.judge.name, dict(self.cfg.judge.options)),
             "beta": self.cfg.train.beta,
             "max_length": self.cfg.data.max_length,
             # the batch a forward pass pads to can move its log-probs in the last bits
@@ -408,7 +408,9 @@ class Run:
             prompts=prompts,
             responses=responses,
             method=self.cfg.method,
-            gold=asdict(self.cfg.evaluate.judge),
+            gold=cache.judge_identity(
+                self.cfg.evaluate.judge.name, dict(self.cfg.evaluate.judge.options), "evaluate.judge.name"
+            ),
             **self.judging_settings(),
         )
         if self.done(path):
