@@ -146,3 +146,23 @@ def test_a_judge_is_known_by_its_code_and_the_files_its_options_name(
     assert cache.judge_identity(name, {"weights": str(weights)}) != before
     # options that are not paths are compared as values
     assert cache.judge_identity("implicit_reward", {"reward": "mean"}) != cache.judge_identity("implicit_reward", {})
+
+
+def test_a_run_without_a_cache_never_keys_a_stage(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    preference_files: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    single_thread: Any,
+) -> None:
+    from sgpo.pipeline import load_config, run
+
+    # keying reads every file a judge's options name (a reward model's weights): off, it must cost nothing
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a stage was keyed without a cache_dir")
+
+    monkeypatch.setattr(cache, "judge_identity", refuse)
+    monkeypatch.setattr(cache, "key", refuse)
+    out = tmp_path / "plain"
+    run(load_config("tiny", tiny_overrides(tiny_model_dir, preference_files, out, "rounds=1")))
+    assert (out / "round_1" / "annotations.jsonl").is_file()

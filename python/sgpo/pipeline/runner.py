@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -88,9 +89,10 @@ class Run:
         if self.main:
             _remove(parts)
 
-    def shared(self, stage: str, t: int, names: list[str], **inputs: Any) -> str | None:
+    def shared(self, stage: str, t: int, names: list[str], inputs: Callable[[], dict[str, Any]]) -> str | None:
         """Copy round ``t``'s ``stage`` files from ``cache_dir`` when a run made them from the same policy files,
         inputs and settings; returns the entry the stage stores its files under (None: no cache, done or not main).
+        ``inputs`` is called only to make a key, so a run without a cache never hashes a judge's files.
         Every process then sees the stage done or not through ``done``, which answers as the main process sees it."""
         if self.stages.root is None or not self.main or (self.round_dir(t) / names[-1]).exists():
             return None
@@ -102,7 +104,7 @@ class Run:
             model=asdict(self.cfg.model),
             threads=self.cfg.threads,
             processes=self.accelerator.num_processes,
-            **inputs,
+            **inputs(),
         )
         if self.stages.fetch(entry, self.round_dir(t), names):
             self.cached.append(stage)
@@ -281,7 +283,10 @@ class Run:
         seed = self.cfg.seed * 1000 + t
         names = [path.name]
         entry = self.shared(
-            "generate", t, names, prompts=prompts, generation=asdict(g), seed=seed, vllm=self.use_vllm()
+            "generate",
+            t,
+            names,
+            lambda: {"prompts": prompts, "generation": asdict(g), "seed": seed, "vllm": self.use_vllm()},
         )
         if self.done(path):
             self.drop_parts(self.round_dir(t) / "generate_parts")
@@ -385,7 +390,7 @@ class Run:
             return None
         path = self.round_dir(t) / "agreement.json"
         pairs = pairs_from_table(load_table(source, kind="seed_pairs"), self.cfg.data, source)
-        entry = self.shared("agreement", t, [path.name], pairs=pairs, **self.judging_settings())
+        entry = self.shared("agreement", t, [path.name], lambda: {"pairs": pairs, **self.judging_settings()})
         if not self.done(path):
             result = heldout_agreement(self.annotator(model), pairs).to_dict()
             if self.main:
@@ -401,17 +406,18 @@ class Run:
         path = self.round_dir(t) / "annotations.jsonl"
         # the counts first: the annotations mark the stage done
         names = ["annotation_counts.json", path.name]
+        evaluation = self.cfg.evaluate.judge
         entry = self.shared(
             "annotate",
             t,
             names,
-            prompts=prompts,
-            responses=responses,
-            method=self.cfg.method,
-            gold=cache.judge_identity(
-                self.cfg.evaluate.judge.name, dict(self.cfg.evaluate.judge.options), "evaluate.judge.name"
-            ),
-            **self.judging_settings(),
+            lambda: {
+                "prompts": prompts,
+                "responses": responses,
+                "method": self.cfg.method,
+                "gold": cache.judge_identity(evaluation.name, dict(evaluation.options), "evaluate.judge.name"),
+                **self.judging_settings(),
+            },
         )
         if self.done(path):
             self.drop_parts(self.round_dir(t) / "annotate_parts")
