@@ -1,12 +1,12 @@
 # The two commands of README.md. Each creates .venv if missing, installs torch (CPU build unless a GPU is
-# present), then sgpo with its extension and dev extras, then runs.
+# present), then sgpo with its extension and dev extras at the tested versions (constraints.txt), then runs.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint bench gpu-check kernel-resources clean
+.PHONY: setup demo test test-latest constraints lint bench gpu-check kernel-resources clean
 
-$(VENV)/.installed: pyproject.toml CMakeLists.txt $(wildcard csrc/*)
+$(VENV)/.installed: pyproject.toml constraints.txt CMakeLists.txt $(wildcard csrc/*)
 	bash scripts/setup.sh "$(PYTHON)" "$(VENV)"
 	touch $@
 
@@ -19,6 +19,15 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
+
+# The canary for the next upstream release: the suite in a throwaway environment with the newest release of every
+# dependency; prints which versions differ from constraints.txt and what failed.
+test-latest:
+	bash scripts/test_latest.sh "$(PYTHON)"
+
+# After a green suite, record the versions it passed with (constraints.txt, which setup.sh installs).
+constraints: test
+	$(PY) scripts/deps.py freeze
 
 bench: setup
 	$(PY) benchmarks/bench_follower.py

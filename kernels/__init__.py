@@ -1,1 +1,0 @@
-"""Triton kernels of sgpo (installed as ``sgpo.kernels``)."""
