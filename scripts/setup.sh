@@ -3,7 +3,7 @@
 #
 # By default every dependency is installed at the version the test suite passed with (constraints.txt, which
 # `make constraints` regenerates after a green suite), so a fresh machine gets the tested set. SGPO_DEPS=latest
-# installs the newest releases instead (what `make test-latest` tries).
+# installs the newest releases instead (what `make test-latest` tries); SGPO_CONSTRAINTS=FILE pins another set.
 #
 # torch goes in first: where no NVIDIA GPU is present we pin the CPU build, so that pip does not pull the
 # multi-GB CUDA wheels when transformers/peft/trl ask for torch. SGPO_TORCH_VERSION picks another torch.
@@ -11,7 +11,7 @@ set -euo pipefail
 PYTHON="${1:-python3}"
 VENV="${2:-.venv}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-CONSTRAINTS="$ROOT/constraints.txt"
+CONSTRAINTS="${SGPO_CONSTRAINTS:-$ROOT/constraints.txt}"
 DEPS="${SGPO_DEPS:-tested}"
 
 case "$DEPS" in
@@ -56,12 +56,12 @@ pip_install() {
   echo "setup.sh: could not install $what${package:+: pip found no $package for $("$VENV/bin/python" -c \
     'import platform, sys; print(f"Python {platform.python_version()} on {sys.platform} {platform.machine()}")')}" >&2
   if [ "$DEPS" = tested ]; then
-    echo "setup.sh: constraints.txt pins the versions the suite passed with. To install the newest releases" >&2
+    echo "setup.sh: $CONSTRAINTS pins the versions the suite passed with. To install the newest releases" >&2
     echo "setup.sh: instead (untested): SGPO_DEPS=latest make setup; for another torch: SGPO_TORCH_VERSION=X.Y.Z" >&2
     echo "setup.sh: (or SGPO_TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU build)." >&2
   fi
   echo "setup.sh: pip said:" >&2
-  grep -E '^(ERROR|error)' "$WORK/pip.log" | head -n 8 >&2 || tail -n 8 "$WORK/pip.log" >&2
+  { grep -E '^(ERROR|error)' "$WORK/pip.log" || tail -n 8 "$WORK/pip.log"; } | tail -n 3 | cut -c 1-300 >&2
   exit 1
 }
 
