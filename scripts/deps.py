@@ -73,7 +73,8 @@ def diff(constraints: Path) -> int:
     missing = sorted(tested.keys() - now.keys())
     print(f"versions that differ from {constraints.name} ({len(changed)} of {len(tested)} pins):")
     width = max([len(n) for n, _, _ in changed] + [7])
-    print(f"  {'package':<{width}}  {'tested':<12}  installed")
+    if changed:
+        print(f"  {'package':<{width}}  {'tested':<12}  installed")
     for name, old, new in changed:
         print(f"  {name:<{width}}  {old:<12}  {new}")
     if added:

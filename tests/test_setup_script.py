@@ -10,6 +10,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def deps_script(*argv: str) -> str:
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "deps.py"), *argv], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
 def test_every_tested_pin_is_exact_and_torch_is_among_them() -> None:
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
@@ -49,3 +55,18 @@ def test_an_unknown_deps_setting_is_refused(tmp_path: Path) -> None:
         timeout=60,
     )
     assert done.returncode == 2 and "SGPO_DEPS=newest: expected 'tested'" in done.stderr
+
+
+def test_freeze_then_diff_reports_each_version_that_moved(tmp_path: Path) -> None:
+    frozen = tmp_path / "constraints.txt"
+    deps_script("freeze", "--out", str(frozen))
+    assert "0 of" in deps_script("diff", "--constraints", str(frozen))
+    from importlib import metadata
+
+    torch_version = metadata.version("torch").split("+")[0]
+    lines = frozen.read_text().replace(f"torch=={torch_version}", "torch==1.0.0").splitlines()
+    frozen.write_text("\n".join([line for line in lines if not line.startswith("numpy==")] + ["no-such-dist==1.0"]))
+    report = deps_script("diff", "--constraints", str(frozen))
+    assert "(1 of" in report and re.search(rf"torch +1\.0\.0 +{re.escape(torch_version)}", report)
+    assert "installed but not in the tested set: numpy==" in report
+    assert "in the tested set but not installed: no-such-dist" in report
