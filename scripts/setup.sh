@@ -67,8 +67,7 @@ pip_install() {
 
 if [ "$DEPS" = tested ]; then
   # before anything is installed: can every tested version be had here (this Python, this platform)?
-  grep -v '^torch==' "$CONSTRAINTS" | grep -v '^#' >"$WORK/pins.txt"
-  pip_install "the tested versions" --dry-run --no-deps --ignore-installed -r "$WORK/pins.txt"
+  pip_install "the tested versions" --dry-run --no-deps --ignore-installed -r "$WORK/constraints.txt"
 fi
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   # torch==X resolves to the machine's local CPU wheel where pip is configured with one (find-links); elsewhere,
