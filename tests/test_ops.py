@@ -37,7 +37,7 @@ def low_precision_ok(ours: torch.Tensor, plain: torch.Tensor, exact: torch.Tenso
 
 def grads(output: torch.Tensor, inputs: tuple[torch.Tensor, ...], seed: int = 1) -> tuple[torch.Tensor, ...]:
     weight = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return torch.autograd.grad(output, inputs, weight.to(output.dtype))
+    return torch.autograd.grad(output, inputs, weight.to(device=output.device, dtype=output.dtype))
 
 
 def leaf(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
