@@ -92,6 +92,21 @@ def paper_sample(eps: float, K: int, groups: int) -> tuple[float, list[tuple[flo
     return statistics.mean(times), values
 
 
+def cuda_agreement(x: np.ndarray, xc: torch.Tensor, eps: float, K: int, space: str, cap: float | None) -> str:
+    """The CUDA solve against the C++ CPU solve of the same margins: both are exact, so they must agree to float64
+    rounding (the value to 1e-9 relative, each weight and shift to 1e-9 absolute); raises where they do not."""
+    cpu = sgpo.worst_case(x, eps, pieces=K, space=space, max_shift=cap, backend="cpu")
+    gpu = sgpo.worst_case(xc, eps, pieces=K, space=space, max_shift=cap)
+    gpu_value, cpu_value = (float(torch.as_tensor(r.value).reshape(-1)[0]) for r in (gpu, cpu))
+    gaps = [abs(gpu_value - cpu_value) / max(1.0, abs(cpu_value))]
+    for field in ("weights", "shifts"):
+        a, b = (torch.as_tensor(getattr(r, field)).cpu().double() for r in (gpu, cpu))
+        gaps.append(float((a - b).abs().max()))
+    gap = max(gaps)
+    assert gap <= 1e-9, f"CUDA and CPU disagree at n={x.size} ({space}, max_shift={cap}): {gap:.3g}"
+    return f"= cpu to {gap:.0e}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[2_000, 60_000, 1_000_000, 10_000_000])
@@ -147,7 +162,7 @@ def main() -> None:
                     sgpo.worst_case(xc, eps, pieces=K, space=space, max_shift=cap)
                     torch.cuda.synchronize()
 
-                row.append(fmt(timeit(run_cuda), t_cpu))
+                row.append(fmt(timeit(run_cuda), t_cpu) + "; " + cuda_agreement(x, xc, eps, K, space, cap))
             lines.append("| " + " | ".join(row) + " |")
             print(lines[-1], flush=True)
 

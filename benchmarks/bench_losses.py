@@ -11,10 +11,15 @@ with reference log-probs 0 so that every method computes the same number, which 
   trl          logits = x @ W.T, log_softmax in float32, gather, masked sum (what TRL's DPOTrainer does)
   sgpo_logits  logits = x @ W.T, then sgpo.ops.sequence_logps and sgpo.ops.preference_loss
   sgpo_fused   sgpo.nn.FusedLinearPreferenceLoss (the (B, T, V) logits never exist)
-  liger        liger_kernel's LigerFusedLinearDPOLoss(compiled=False)
+  trl_fused    TRL's fused LM head (trl.trainer.utils.add_fused_lm_head: per-token log-probs in tiles, Triton on
+               CUDA), then the same masked sum and loss as ``trl``
+  liger        liger_kernel's LigerFusedLinearDPOLoss (torch.compile'd on CUDA, its default; uncompiled on CPU)
 
     python benchmarks/bench_losses.py                       # H=576, V=49152 (SmolLM2-135M), T in {256, 1024}, 4/8 pairs
     python benchmarks/bench_losses.py --seq-lens 256 --pairs 4 --repeats 5 --out bench.md
+    python benchmarks/bench_losses.py --hidden 4096 --vocab 128256 --seq-lens 1024 --pairs 2 4 8 16  # Liger's shape
+
+``--out`` is rewritten after every case, so a run stopped part-way keeps the cases it finished.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
-METHODS = ("trl", "sgpo_logits", "sgpo_fused", "liger")
+METHODS = ("trl", "sgpo_logits", "sgpo_fused", "trl_fused", "liger")
 
 
 def _rss_bytes() -> int:
@@ -82,10 +88,20 @@ def _step(method: str, hidden: torch.Tensor, weight: torch.Tensor, labels: torch
             loss.backward()
             return loss
 
+    elif method == "trl_fused":
+        head_only = _trl_fused_head(weight)
+
+        def step() -> torch.Tensor:
+            token = head_only(hidden, labels).log_probs
+            loss = _dpo_from_logps(token.sum(-1), n_pairs, beta)
+            loss.backward()
+            return loss
+
     else:
         from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
 
-        loss_fn = LigerFusedLinearDPOLoss(beta=beta, compiled=False, use_ref_model=False)
+        compiled = hidden.device.type == "cuda"
+        loss_fn = LigerFusedLinearDPOLoss(beta=beta, compiled=compiled, use_ref_model=False)
 
         def step() -> torch.Tensor:
             loss, _ = loss_fn(weight, hidden, labels)
@@ -95,18 +111,49 @@ def _step(method: str, hidden: torch.Tensor, weight: torch.Tensor, labels: torch
     return step
 
 
+def _trl_fused_head(weight: torch.Tensor) -> Callable:
+    """TRL's fused LM head, as ``add_fused_lm_head`` installs it on a causal LM, over a model whose backbone returns
+    the benchmark's hidden states: ``head(hidden, labels).log_probs`` are the per-token log-probs (0 where ignored)."""
+    from transformers import PretrainedConfig
+    from transformers.modeling_outputs import BaseModelOutput
+    from trl.trainer.utils import add_fused_lm_head
+
+    class Backbone(torch.nn.Module):
+        def forward(self, hidden_states: torch.Tensor, **_: object) -> BaseModelOutput:
+            return BaseModelOutput(last_hidden_state=hidden_states)
+
+    class HeadOnly(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.config = PretrainedConfig(vocab_size=weight.shape[0], hidden_size=weight.shape[1])
+            self.base_model = Backbone()
+
+        def get_output_embeddings(self) -> SimpleNamespace:
+            # The head's weight is the benchmark's own leaf tensor, so its gradient lands where the other methods' do.
+            return SimpleNamespace(weight=weight, bias=None)
+
+        def forward(self, hidden_states: torch.Tensor, **kwargs: object) -> object:
+            raise NotImplementedError("only the fused forward is benchmarked")
+
+    model = HeadOnly()
+    add_fused_lm_head(model)
+    # The labels are already aligned with the hidden states (no next-token shift), so they go in as shift_labels.
+    return lambda hidden, labels: model(hidden, fused_lm_head=True, shift_labels=labels)
+
+
 def _inputs(
     n_pairs: int, seq_len: int, hidden_size: int, vocab: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    generator = torch.Generator(device="cpu").manual_seed(0)
+    # Filled in place where they live, so that building the inputs leaves no transient above the process's size (and
+    # a GPU draws the 0.5G numbers of a Llama-3 head in milliseconds rather than the CPU's seconds).
+    generator = torch.Generator(device=device).manual_seed(0)
 
     def normal(*shape: int, std: float) -> torch.Tensor:
-        # Filled in place on CPU, so that building the inputs leaves no transient above the process's size.
-        return torch.empty(*shape, dtype=dtype).normal_(0.0, std, generator=generator).to(device).requires_grad_()
+        return torch.empty(*shape, dtype=dtype, device=device).normal_(0.0, std, generator=generator).requires_grad_()
 
     weight = normal(vocab, hidden_size, std=0.02)
     hidden = normal(2 * n_pairs, seq_len, hidden_size, std=1.0)
-    labels = torch.randint(0, vocab, (2 * n_pairs, seq_len), generator=generator).to(device)
+    labels = torch.randint(0, vocab, (2 * n_pairs, seq_len), generator=generator, device=device)
     labels[:, : seq_len // 4] = -100  # the prompt
     return hidden, weight, labels
 
@@ -195,10 +242,13 @@ def _table(rows: list[dict], args: argparse.Namespace) -> str:
             lines.append(f"| {row['T']} | {row['pairs']} | {row['method']} | failed: {row['error']} | | | |")
             continue
         base = next(r for r in rows if r["T"] == row["T"] and r["pairs"] == row["pairs"] and r["method"] == "trl")
+
+        def ratio(key: str, row: dict = row, base: dict = base) -> str:
+            return f"{row[key] / base[key]:.2f}x" if key in base else "n/a (baseline failed)"
+
         line = (
-            f"| {row['T']} | {row['pairs']} | {row['method']} | {row['seconds']:.3f} | "
-            f"{row['seconds'] / base['seconds']:.2f}x | {row['peak_bytes'] / 2**20:.0f} | "
-            f"{row['peak_bytes'] / base['peak_bytes']:.2f}x |"
+            f"| {row['T']} | {row['pairs']} | {row['method']} | {row['seconds']:.3f} | {ratio('seconds')} | "
+            f"{row['peak_bytes'] / 2**20:.0f} | {ratio('peak_bytes')} |"
         )
         if bandwidth:
             # Traffic of the unfused logits a loss must at least read and write back: (B, T, V) once each way.
@@ -238,6 +288,9 @@ def main() -> None:
                 row = {"T": seq_len, "pairs": n_pairs, **_run_case(args, seq_len, n_pairs, method)}
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
+                if args.out:
+                    with open(args.out, "w") as handle:
+                        handle.write(_table(rows, args) + "\n")
             losses = [r["loss"] for r in rows if r["T"] == seq_len and r["pairs"] == n_pairs and "loss" in r]
             if max(losses) - min(losses) > 1e-3 * max(1.0, abs(losses[0])):
                 print(

@@ -3,15 +3,20 @@
     python benchmarks/bench_trl.py --threads 1                      # tiny random Llama, every sgpo loss
     python benchmarks/bench_trl.py --model SmolLM2-135M-Instruct --prompt-tokens 128 --response-tokens 128 384 \\
         --modes lora full --steps 4 --repeats 2 --threads 1         # realistic shapes, TRL's baselines
+    python benchmarks/bench_trl.py --model llama-1b --batch 8 --prompt-tokens 256 --response-tokens 256 \\
+        --modes lora full --steps 3 --repeats 1                     # on a GPU: a random ~1B Llama, bf16
 
 Every row trains the same model on the same pairs with the same seed, in a fresh process: the time is the median
 optimizer step after the first (warm-up) step, the memory the process's peak resident set (VmHWM) minus its resident
 set once the libraries are imported, so it counts the model, any reference copy, the optimizer state and the step's
-activations. Rows run in turn, ``--repeats`` rounds; each keeps its best median and its lowest peak, which damps a
-shared, noisy machine. With ``--response-tokens`` the baselines are ``trl.DPOTrainer`` with its defaults (which include
-gradient checkpointing), with ``precompute_ref_log_probs=True``, with that and ``gradient_checkpointing=False`` and
-with ``use_liger_kernel=True``; ratios are against the best baseline for each measure. ``--profile`` adds, per
-configuration, where a step's time goes.
+activations (on a GPU, ``torch.cuda.max_memory_allocated`` over the whole run instead). ``--model tiny`` and
+``--model llama-1b`` (Llama-3.2-1B's shape: hidden 2,048, 16 layers, vocabulary 128,256) are randomly initialised
+from a config with sgpo's byte-level tokenizer, so no weights are downloaded. Rows run in turn, ``--repeats`` rounds;
+each keeps its best median and its lowest peak, which damps a shared, noisy machine. With ``--response-tokens`` the
+baselines (``--baselines``) are ``trl.DPOTrainer`` with its defaults (which include gradient checkpointing), with
+``precompute_ref_log_probs=True``, with that and ``gradient_checkpointing=False`` and with ``use_liger_kernel=True``;
+ratios are against the best baseline for each measure. ``--profile`` adds, per configuration, where a step's time
+goes. ``--out`` is rewritten after every row, so a run stopped part-way keeps the rows it finished.
 """
 
 from __future__ import annotations
@@ -65,13 +70,18 @@ def word_pairs(n: int, length: int) -> dict[str, list]:
     }
 
 
-def token_pairs(n: int, prompt_tokens: int, response_tokens: int) -> dict[str, list]:
+def token_pairs(n: int, prompt_tokens: int, response_tokens: int, tokenizer: Any = None) -> dict[str, list]:
     """n pairs of random common words, about ``prompt_tokens`` / ``response_tokens`` tokens each; lengths vary by a
-    few tokens between rows so a batch has some padding, as real data does."""
+    few tokens between rows so a batch has some padding, as real data does. Each word is one token of SmolLM2's
+    tokenizer; with another ``tokenizer`` each text is cut to its token count."""
     rng = random.Random(0)
 
     def text(words: int) -> str:
-        return " ".join(rng.choice(TEXT_WORDS) for _ in range(words))
+        joined = " ".join(rng.choice(TEXT_WORDS) for _ in range(words))
+        if tokenizer is None:
+            return joined
+        ids = tokenizer(joined, add_special_tokens=False)["input_ids"]
+        return joined if len(ids) <= words else tokenizer.decode(ids[:words])
 
     return {
         "prompt": [text(prompt_tokens - 4 * (i % 4)) + ":" for i in range(n)],
@@ -139,6 +149,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     baseline_kb = rss_kb("VmRSS")
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     phases = Phases()
 
     class StepTimer(TrainerCallback):
@@ -198,7 +211,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
     result = {
         "median": statistics.median(steps),
         "times": timer.times,
-        "peak_mb": (rss_kb("VmHWM") - baseline_kb) / 1024,
+        "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else (rss_kb("VmHWM") - baseline_kb) / 1024,
         "setup": setup,
     }
     if spec.get("profile"):
@@ -223,21 +236,120 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def baselines() -> dict[str, tuple[str, dict[str, Any]]]:
-    return {
-        "trl.DPOTrainer, defaults": ("trl", {}),
-        "trl.DPOTrainer, precompute_ref_log_probs": ("trl", {"precompute_ref_log_probs": True}),
-        "trl.DPOTrainer, precompute_ref_log_probs, no gradient checkpointing": (
-            "trl",
-            {"precompute_ref_log_probs": True, "gradient_checkpointing": False},
-        ),
-        "trl.DPOTrainer, use_liger_kernel": ("trl", {"use_liger_kernel": True}),
-    }
+# The baselines of the realistic mode, by the key ``--baselines`` picks them with.
+BASELINES: dict[str, tuple[str, tuple[str, dict[str, Any]]]] = {
+    "defaults": ("trl.DPOTrainer, defaults", ("trl", {})),
+    "precompute": ("trl.DPOTrainer, precompute_ref_log_probs", ("trl", {"precompute_ref_log_probs": True})),
+    "precompute-no-checkpointing": (
+        "trl.DPOTrainer, precompute_ref_log_probs, no gradient checkpointing",
+        ("trl", {"precompute_ref_log_probs": True, "gradient_checkpointing": False}),
+    ),
+    "liger": ("trl.DPOTrainer, use_liger_kernel", ("trl", {"use_liger_kernel": True})),
+}
+
+# Randomly initialised Llama-style models, built from a config with sgpo's byte-level tokenizer (no download).
+RANDOM_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
+    "tiny": ("tiny random Llama (hidden 128, 2 layers)", {"hidden_size": 128, "num_hidden_layers": 2}),
+    "llama-1b": (
+        "random Llama-3.2-1B-shaped model (hidden 2048, 16 layers, vocabulary 128,256)",
+        {
+            "hidden_size": 2048,
+            "intermediate_size": 8192,
+            "num_hidden_layers": 16,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "vocab_size": 128256,
+            "tie_word_embeddings": True,
+            "rope_theta": 500000.0,
+        },
+    ),
+}
+
+
+def baselines(keys: list[str] | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
+    return {name: row for key, (name, row) in BASELINES.items() if keys is None or key in keys}
+
+
+def random_model(name: str, out: str) -> str:
+    """Save the random model ``name`` of RANDOM_MODELS to ``out`` (in bfloat16 on a GPU) and return the path."""
+    import torch
+    from sgpo.models import build_tiny_tokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    shape = dict(RANDOM_MODELS[name][1])
+    shape.setdefault("vocab_size", len(tokenizer))
+    shape.setdefault("intermediate_size", 2 * shape["hidden_size"])
+    shape.setdefault("num_attention_heads", 4)
+    shape.setdefault("num_key_value_heads", max(1, shape["num_attention_heads"] // 2))
+    config = LlamaConfig(
+        **shape,
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    on_gpu = torch.cuda.is_available()
+    with torch.device("cuda" if on_gpu else "cpu"):
+        model = LlamaForCausalLM(config)
+    if on_gpu:
+        model = model.to(torch.bfloat16)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    del model
+    return out
+
+
+def render(
+    tables: list, results: dict[tuple[int, str], dict[str, Any]], options: argparse.Namespace, on_gpu: bool
+) -> str:
+    """The markdown tables of the rows measured so far (ratios against the best baseline measured)."""
+    import sgpo
+    import torch
+
+    device = torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.processor() or platform.machine()})"
+    lines = [
+        f"torch {torch.__version__}, sgpo {sgpo.__version__}, {device}, {options.threads} thread(s) per row, "
+        f"{os.cpu_count()} cores; median of {options.steps} steps after a warm-up step, best of {options.repeats} "
+        "fresh processes per row.",
+    ]
+    for t, (heading, _, base, rows) in enumerate(tables):
+        ok = {name: results[(t, name)] for name in base if "error" not in results.get((t, name), {"error": ""})}
+        best_time = min((r["median"] for r in ok.values()), default=float("nan"))
+        best_memory = min((r["peak_mb"] for r in ok.values()), default=float("nan"))
+        lines += [
+            "",
+            f"**{heading}**",
+            "",
+            "| configuration | median step (s) | vs best baseline | peak memory (MB) | vs best baseline | setup (s) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name in rows:
+            if (t, name) not in results:
+                continue
+            r = results[(t, name)]
+            if "error" in r:
+                lines.append(f"| {name} | fails: {r['error']} | | | | |")
+                continue
+            lines.append(
+                f"| {name} | {r['median']:.3g} | {r['median'] / best_time:.2f}x | {r['peak_mb']:.0f} | "
+                f"{r['peak_mb'] / best_memory:.2f}x | {r['setup']:.1f} |"
+            )
+        profiled = [(name, results[(t, name)]["phases"]) for name in rows if "phases" in results.get((t, name), {})]
+        if profiled:
+            names = sorted({phase for _, p in profiled for phase in p if phase != "training step"})
+            lines += ["", "| seconds per step | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+            for name, p in profiled:
+                lines.append(f"| {name} | " + " | ".join(f"{p.get(phase, 0.0):.2f}" for phase in names) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="tiny", help="'tiny' (a random Llama, hidden 128, 2 layers) or a model")
+    parser.add_argument(
+        "--model", default="tiny", help=f"a random model ({', '.join(RANDOM_MODELS)}) or a model name or path"
+    )
     parser.add_argument("--steps", type=int, default=12, help="measured steps per row (after one warm-up step)")
     parser.add_argument("--batch", type=int, default=4, help="pairs per step")
     parser.add_argument("--length", type=int, default=24, help="words per response (without --response-tokens)")
@@ -246,6 +358,9 @@ def main() -> None:
         "--response-tokens", type=int, nargs="*", default=None, help="realistic mode: one table per response length"
     )
     parser.add_argument("--modes", nargs="+", default=["full"], choices=["lora", "full"])
+    parser.add_argument(
+        "--baselines", nargs="+", default=list(BASELINES), choices=list(BASELINES), help="realistic mode's baselines"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per row")
     parser.add_argument("--profile", action="store_true", help="also time the phases of each step")
@@ -256,13 +371,12 @@ def main() -> None:
         print(json.dumps(worker(json.loads(options.worker))))
         return
 
-    import sgpo
     import torch
-    from sgpo.models import build_tiny_model, resolve_model
+    from sgpo.models import resolve_model
 
-    if options.model == "tiny":
-        model = str(build_tiny_model(tempfile.mkdtemp(prefix="sgpo-bench-model-"), hidden_size=128, num_layers=2))
-        label = "tiny random Llama (hidden 128, 2 layers)"
+    if options.model in RANDOM_MODELS:
+        model = random_model(options.model, tempfile.mkdtemp(prefix="sgpo-bench-model-"))
+        label = RANDOM_MODELS[options.model][0]
     else:
         model = resolve_model(options.model)
         label = Path(model).name
@@ -303,10 +417,12 @@ def main() -> None:
 
         tokenizer = AutoTokenizer.from_pretrained(model)
         for response_tokens in options.response_tokens:
-            data = token_pairs(n, options.prompt_tokens, response_tokens)
+            data = token_pairs(
+                n, options.prompt_tokens, response_tokens, tokenizer if options.model in RANDOM_MODELS else None
+            )
             counts = {key: statistics.mean(len(tokenizer(t)["input_ids"]) for t in data[key]) for key in data}
             for mode in options.modes:
-                rows = dict(baselines())
+                rows = dict(baselines(options.baselines))
                 rows["SGPODPOTrainer, logps_backend=sgpo, precompute_ref_log_probs"] = (
                     "sgpo",
                     {"logps_backend": "sgpo", "precompute_ref_log_probs": True},
@@ -317,7 +433,7 @@ def main() -> None:
                     f"{options.batch} pairs per step, prompt {counts['prompt']:.0f} + response "
                     f"{counts['chosen']:.0f} / {counts['rejected']:.0f} tokens (mean chosen / rejected)"
                 )
-                base = {name: [] for name in baselines()}
+                base = {name: [] for name in baselines(options.baselines)}
                 tables.append((heading, {"data": data, "lora": mode == "lora"}, base, rows))
 
     results: dict[tuple[int, str], dict[str, Any]] = {}
@@ -345,40 +461,10 @@ def main() -> None:
                 best["setup"] = min(best.get("setup", float("inf")), result["setup"])
                 if "phases" in result:
                     best["phases"] = result["phases"]
+                if options.out:
+                    Path(options.out).write_text(render(tables, results, options, on_gpu) + "\n")
 
-    device = torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.processor() or platform.machine()})"
-    lines = [
-        f"torch {torch.__version__}, sgpo {sgpo.__version__}, {device}, {options.threads} thread(s) per row, "
-        f"{os.cpu_count()} cores; median of {options.steps} steps after a warm-up step, best of {options.repeats} "
-        "fresh processes per row.",
-    ]
-    for t, (heading, _, base, rows) in enumerate(tables):
-        ok = {name: results[(t, name)] for name in base if "error" not in results[(t, name)]}
-        best_time = min(r["median"] for r in ok.values())
-        best_memory = min(r["peak_mb"] for r in ok.values())
-        lines += [
-            "",
-            f"**{heading}**",
-            "",
-            "| configuration | median step (s) | vs best baseline | peak memory (MB) | vs best baseline | setup (s) |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for name in rows:
-            r = results[(t, name)]
-            if "error" in r:
-                lines.append(f"| {name} | fails: {r['error']} | | | | |")
-                continue
-            lines.append(
-                f"| {name} | {r['median']:.3g} | {r['median'] / best_time:.2f}x | {r['peak_mb']:.0f} | "
-                f"{r['peak_mb'] / best_memory:.2f}x | {r['setup']:.1f} |"
-            )
-        profiled = [(name, results[(t, name)]["phases"]) for name in rows if "phases" in results[(t, name)]]
-        if profiled:
-            names = sorted({phase for _, p in profiled for phase in p if phase != "training step"})
-            lines += ["", "| seconds per step | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-            for name, p in profiled:
-                lines.append(f"| {name} | " + " | ".join(f"{p.get(phase, 0.0):.2f}" for phase in names) + " |")
-    table = "\n".join(lines)
+    table = render(tables, results, options, on_gpu)
     print(table)
     if options.out:
         Path(options.out).write_text(table + "\n")
