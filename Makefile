@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-latest constraints lint bench gpu-check kernel-resources clean
+.PHONY: setup demo test test-latest constraints lint bench gpu-check device-check device-wheels kernel-resources clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt CMakeLists.txt $(wildcard csrc/*)
 	bash scripts/setup.sh "$(PYTHON)" "$(VENV)"
@@ -33,9 +33,20 @@ bench: setup
 	$(PY) benchmarks/bench_follower.py
 	$(PY) benchmarks/bench_losses.py
 
-# On a machine with a CUDA GPU: the device tests and benchmarks, into gpu_check.md (under 10 minutes on one H100).
+# On a machine with a CUDA GPU: the device tests and benchmarks, into gpu_check.md (about 10 minutes on one H100).
 gpu-check: setup
 	$(PY) scripts/gpu_check.py --out gpu_check.md
+
+# On a bare GPU machine with its own python3, torch and nvcc (docs/gpu.md): builds sgpo with CUDA, installs the wheels
+# of `make device-wheels`, runs part PART (a, b or all) into $(OUT)/device_check_PART.md. No .venv involved.
+PART ?= all
+OUT ?= device_check
+device-check:
+	OUT=$(OUT) bash scripts/device_check.sh $(PART)
+
+# The wheels device-check installs where the GPU image lacks them (trl, datasets, liger-kernel), into .whl/.
+device-wheels:
+	bash scripts/device_wheels.sh
 
 # Registers, spills and shared memory of every kernel for sm_80 and sm_90; needs no GPU.
 kernel-resources: setup
