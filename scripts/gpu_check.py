@@ -37,7 +37,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEVICE_TESTS = ("tests/test_follower_cuda.py", "tests/test_gpu_kernels.py", "tests/test_gpu_compile.py")
+DEVICE_TESTS = (
+    "tests/test_follower_cuda.py",
+    "tests/test_gpu_kernels.py",
+    "tests/test_gpu_packing.py",
+    "tests/test_gpu_compile.py",
+)
 # What the report lists the versions of: the image's own packages and the carried ones.
 PACKAGES = ("torch", "triton", "transformers", "trl", "peft", "accelerate", "datasets", "liger-kernel", "pyarrow")
 
