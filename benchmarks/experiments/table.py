@@ -207,11 +207,11 @@ class Table:
 
     def run(self) -> None:
         a = self.args
-        (self.out / "logs").mkdir(exist_ok=True)
         began = time.perf_counter()
         chosen = [v for v in variants(self.task.judge) if v.row in a.rows and self.available(v)]
         if getattr(a, "table_only", False):
             return self.print_table(chosen)
+        (self.out / "logs").mkdir(exist_ok=True)
         self.store.data["initial"] = {"mean_score": self.evaluate(INITIAL, "initial")["mean_score"]}
         launch(self.jobs(chosen), a.jobs)
         for v in chosen:
