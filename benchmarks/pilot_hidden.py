@@ -11,7 +11,7 @@ the test split the tables report on. Writes ``results.json``,
     python benchmarks/pilot_hidden.py                        # warmth, N = 8..256, seeds 1 and 2, 2 jobs
     python benchmarks/pilot_hidden.py --rubric concreteness --sizes 32 256 --seeds 1
     python benchmarks/pilot_hidden.py --rubric concreteness --sizes 32 256 --seeds 1 --table-only  # from results.json
-    python benchmarks/pilot_hidden.py --compare bench_results/pilot_hidden_* --out DIR  # pilots side by side
+    python benchmarks/pilot_hidden.py --compare bench_results/pilot_hidden_structure_lr* --out DIR  # side by side
 
 Jobs run side by side as separate processes with one thread each; finished runs and evaluations are reused.
 """

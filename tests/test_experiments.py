@@ -1,4 +1,5 @@
-"""benchmarks/experiments: the launcher the three experiments share, and the pilot's and the sweep's resumption."""
+"""benchmarks/experiments: the launcher the three experiments share, the table's runs, the pilot's and the sweep's
+resumption."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 from experiments import pilot, sweep
 from experiments.launch import Job, Launcher, launch
+from experiments.rows import Variant, run_name
+from experiments.table import Table
 
 
 def test_a_job_starts_its_own_work_then_waits_for_the_one_it_follows() -> None:
@@ -91,3 +94,35 @@ def test_the_sweep_gathers_finished_jobs_of_every_setting_without_training(tmp_p
     table = (out / "sweep.md").read_text()
     assert table.count("| structure (85, 48 on-task) | 16 | 1 | 0 | 50 / 50 / 50 | 50 / 50 / 50 | +0.0 |") == 2
     assert table.endswith(f"Command: `{' '.join(argv)} --steps 64`\n")
+
+
+def test_rows_that_share_a_run_train_it_once_whichever_comes_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = argparse.Namespace(
+        out=str(tmp_path), task="hidden:structure", rounds=2, prompts_per_round=32, max_new_tokens=None,
+        seed_size=16, rows=[10, 5], seeds=[1], jobs=2, table_only=False,
+    )  # fmt: skip
+    t = Table(args)
+    ran = []
+
+    def job(v: Variant, seed: int, donor: Future | None) -> None:
+        if donor is not None:
+            # an iterative run starts once its round 0 is trained
+            assert donor.done()
+        ran.append(run_name(v.name, seed))
+        t.store.save({run_name(v.name, seed): {"win_rate": 50.0 + len(ran)}})
+
+    monkeypatch.setattr(t, "evaluate", lambda model, name: {"mean_score": 0.2})
+    monkeypatch.setattr(t, "job", job)
+    monkeypatch.setattr(t, "print_table", lambda chosen: None)
+    t.run()
+    # row 10's x1 seed is rows 2 and 5's: DPO on the seed and SSAPO in probability space, each trained once
+    assert sorted(ran) == sorted(set(ran)) and {"dpo_seed_s1", "ssapo_prob_s1"} <= set(ran)
+    assert set(ran) == {
+        "dpo_seed_s1", "size_dpo_x0.5_s1", "size_dpo_x2_s1",
+        "size_ssapo_x0.5_s1", "ssapo_prob_s1", "size_ssapo_x2_s1", "ssapo_margin_s1",
+    }  # fmt: skip
+    # both rows read the one run's results
+    assert t.store.data["size_ssapo_x1_s1"]["win_rate"] == t.store.data["ssapo_prob_s1"]["win_rate"]
+    assert t.store.data["size_ssapo_x1_s1"]["row"] == 10 and t.store.entry("ssapo_prob", 1) is not None

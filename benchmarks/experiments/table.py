@@ -173,9 +173,12 @@ class Table:
         if variant.iterative and not self.task.hidden:
             # kept with the results: the run directories (its round labels) are not
             entry["label_agreement"] = label_agreement(run_dir)
-        key = f"{variant.name}_s{seed}"
-        self.store.save({key: entry})
-        self.launcher.log(f"{key}: win rate {entry['win_rate']:.1f}%, LC {entry['lc_win_rate']:.1f}%")
+        # under the run's own row: a row that shares it (SAME_RUN) copies it once the table's runs are done
+        if variant.name in SAME_RUN:
+            own = next(v for v in variants(self.task.judge) if v.name == SAME_RUN[variant.name])
+            entry.update(row=own.row, label=own.label)
+        self.store.save({name: entry})
+        self.launcher.log(f"{name}: win rate {entry['win_rate']:.1f}%, LC {entry['lc_win_rate']:.1f}%")
 
     def jobs(self, chosen: list[Variant]) -> Iterator[Job]:
         """The runs ``chosen`` needs, in the order they start: the donors first, so that a run waiting for its round 0
@@ -192,14 +195,15 @@ class Table:
         waiting = {seed: {v.donor for v in chosen if v.donor and not finished(v, seed)} for seed in a.seeds}
         # each run in turn for every seed: two iterative runs side by side then start from different round-0 policies,
         # and a later run on the same seed finds its first round's samples and labels in the shared cache
+        # jobs are runs: rows that share one (SAME_RUN) train it once, whichever of them comes first
         seen: set[str] = set()
         for v, seed in sorted(((v, s) for s in a.seeds for v in todo), key=lambda p: (todo.index(p[0]), p[1])):
-            key = f"{v.name}_s{seed}"
-            if key in seen or f"{SAME_RUN.get(v.name, '')}_s{seed}" in seen:
+            key = run_name(v.name, seed)
+            if key in seen:
                 continue
             seen.add(key)
-            after = f"{v.donor}_s{seed}" if v.donor else None
-            # a row that is another row's run (SAME_RUN) is finished when that run is
+            after = run_name(v.donor, seed) if v.donor else None
+            # a row that is another row's run is finished when that run is
             if finished(v, seed) and not (v.name in waiting[seed] and self.lost_round0(v, seed)):
                 yield Job(key, after, None)
             else:
