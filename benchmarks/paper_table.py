@@ -2,7 +2,8 @@
 
 Each row is one or more ``sgpo run`` calls (the task's recipe with the overrides listed in
 :func:`experiments.rows.variants`), then ``sgpo eval`` of the last round's policy against the initial model on the
-held-out prompts. Prints the markdown table for README "Results" and writes it, with every number, to ``--out``.
+held-out prompts. Prints the markdown table of the results pages (docs/results-*.md) and writes it, with every number,
+to ``--out``.
 Three kinds of task (``--task``):
 
 - ``verifiable``: the ``default`` recipe, verifiable instructions judged by :class:`sgpo.evaluation.VerifiableJudge`;

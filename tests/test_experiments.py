@@ -108,8 +108,9 @@ def test_rows_that_share_a_run_train_it_once_whichever_comes_first(
 
     def job(v: Variant, seed: int, donor: Future | None) -> None:
         if donor is not None:
-            # an iterative run starts once its round 0 is trained
-            assert donor.done()
+            # as Table.job does, an iterative run waits for its donor: its round 0 is trained before it starts
+            donor.result()
+            assert run_name(v.donor, seed) in ran
         ran.append(run_name(v.name, seed))
         t.store.save({run_name(v.name, seed): {"win_rate": 50.0 + len(ran)}})
 
