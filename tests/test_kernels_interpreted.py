@@ -150,7 +150,7 @@ def test_preference_kernel_matches_the_reference(
     logps, extras = preference_inputs(1500)  # more pairs than one program's block
     kwargs = loss_kwargs(loss_type, extras, space)
     if not weighted:
-        kwargs.pop("weights")
+        kwargs.pop("weights", None)
     ours_in = [leaf(t, torch.float32) for t in logps]
     ref_in = [leaf(t, torch.float32) for t in logps]
     ours = ops.preference_losses(*ours_in, **kwargs)
