@@ -76,10 +76,12 @@ def _f_score(s, alpha, exp_cap, F_DIV: tl.constexpr):
 @triton.jit
 def _log1m_exp(x, cap):
     # log(1 - exp(x)) for x <= cap < 0 and its derivative -exp(x) / (1 - exp(x)); 1 - exp(x) = -expm1(x) by Kahan's
-    # trick (u - 1) * x / log(u), accurate where exp(x) is near 1 (Triton has no expm1)
+    # trick (u - 1) * x / log(u) where exp(x) is near 1 (Triton has no expm1), plain 1 - exp(x) below log(1/2)
     x = tl.minimum(x, cap)
     u = tl.exp(x)
-    one_minus = tl.where(u == 1.0, -x, (1.0 - u) * x / tl.log(tl.where(u == 1.0, 0.5, u)))
+    near_one = x > -0.6931471805599453
+    kahan = tl.where(u == 1.0, -x, (1.0 - u) * x / tl.log(tl.where(near_one & (u != 1.0), u, 0.5)))
+    one_minus = tl.where(near_one, kahan, 1.0 - u)
     return tl.log(one_minus), -u / one_minus
 
 
