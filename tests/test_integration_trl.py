@@ -328,14 +328,14 @@ def test_sppo_reads_win_probability_columns(
 
 def test_bad_configurations_name_the_argument(tiny_model_dir: Path, tmp_path: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    with pytest.raises(ValueError, match=r"loss_type: \['exo_pair'\]"):
-        config(SGPODPOConfig, tmp_path, loss_type="exo_pair")
+    with pytest.raises(ValueError, match=r"loss_type: \['kto'\]"):
+        config(SGPODPOConfig, tmp_path, loss_type="kto")
     with pytest.raises(ValueError, match="ssapo_worst_case"):
         config(SGPODPOConfig, tmp_path, loss_type="ssapo", ssapo_worst_case="dataset")
     with pytest.raises(ValueError, match="label_smoothing"):
         config(SGPODPOConfig, tmp_path, loss_type="hinge", label_smoothing=0.1)
     with pytest.raises(ValueError, match="ld_alpha"):
-        config(SGPODPOConfig, tmp_path, ld_alpha=0.5)
+        config(SGPODPOConfig, tmp_path, ld_alpha=1.5)
     with pytest.raises(ValueError, match="args: expected an sgpo.integrations.trl.SGPODPOConfig"):
         SGPODPOTrainer(str(tiny_model_dir), args=config(DPOConfig, tmp_path), train_dataset=pairs())
     with pytest.raises(ValueError, match="chosen_probs_win/chosen_probs_lose"):

@@ -150,7 +150,7 @@ def test_preference_kernel_matches_the_reference(
     logps, extras = preference_inputs(1500)  # more pairs than one program's block
     kwargs = loss_kwargs(loss_type, extras, space)
     if not weighted:
-        kwargs.pop("weights")
+        kwargs.pop("weights", None)
     ours_in = [leaf(t, torch.float32) for t in logps]
     ref_in = [leaf(t, torch.float32) for t in logps]
     ours = ops.preference_losses(*ours_in, **kwargs)
@@ -216,3 +216,32 @@ def test_torch_compile_traces_the_triton_ops() -> None:
     compiled.backward()
     torch.testing.assert_close(compiled, eager)
     torch.testing.assert_close(compiled_in.grad, eager_in.grad)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "js_divergence", "alpha_divergence"])
+@pytest.mark.parametrize("loss_type", ["sigmoid", "hinge", "ipo", "exo_pair", "robust", "discopop", "sigmoid_norm"])
+def test_preference_kernel_f_divergences(loss_type: str, divergence: str, launches: dict[str, int]) -> None:
+    logps, extras = preference_inputs(300, seed=8)
+    logps = [t / 10 for t in logps]  # log-ratios of a few nats, where the scores are far from linear
+    kwargs = {**loss_kwargs(loss_type, extras), "f_divergence_type": divergence, "f_alpha_divergence_coef": 0.3}
+    ours_in = [leaf(t, torch.float32) for t in logps]
+    ref_in = [leaf(t, torch.float32) for t in logps]
+    ours = ops.preference_losses(*ours_in, **kwargs)
+    ref = preference_losses_reference(*ref_in, **kwargs)
+    assert launches["preference"] == 1
+    torch.testing.assert_close(ours.losses, ref.losses, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads(ours.losses, tuple(ours_in)), grads(ref.losses, tuple(ref_in))):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_preference_kernel_extreme_margins_stay_finite(loss_type: str, dtype: torch.dtype) -> None:
+    _, extras = preference_inputs(4, seed=2)
+    kwargs = loss_kwargs(loss_type, extras)
+    for sign in (1.0, -1.0):
+        chosen, rejected = torch.full((4,), -1.0 - 5e3 * (1 - sign)), torch.full((4,), -1.0 - 5e3 * (1 + sign))
+        inputs = [t.to(dtype).requires_grad_() for t in (chosen, rejected, torch.zeros(4), torch.zeros(4))]
+        out = ops.preference_losses(*inputs, **kwargs)
+        assert bool(torch.isfinite(out.losses).all()), (sign, out.losses)
+        assert all(bool(torch.isfinite(g).all()) for g in grads(out.losses, tuple(inputs)))

@@ -35,7 +35,8 @@ def extras_for(loss_type: str, space: str = "probability") -> tuple[dict, dict]:
     """(constructor kwargs, forward kwargs) for a loss type, and the matching reference kwargs inside the second."""
     _, extras = preference_inputs(N_PAIRS, seed=3)
     reference = loss_kwargs(loss_type, extras, space)
-    init = {k: reference[k] for k in ("loss_type", "beta", "label_smoothing") if k in reference}
+    keys = ("loss_type", "beta", "label_smoothing", "discopop_tau", "simpo_gamma")
+    init = {k: reference[k] for k in keys if k in reference}
     if loss_type == "ssapo":
         init["space"] = space
     if loss_type == "ipo":
@@ -60,8 +61,12 @@ def test_module_matches_composed_reference_ops(loss_type: str, space: str) -> No
     ref_logps = sequence_logps_reference(data["ref_input"] @ data["ref_weight"].t(), data["target"])
     counts = (data["target"] != -100).sum(-1)
     kwargs = {k: v for k, v in init.items() if k != "ipo_length_normalized"}
-    if loss_type == "ipo":
+    if loss_type in ("ipo", "sigmoid_norm"):
         kwargs.update(chosen_lengths=counts[:N_PAIRS], rejected_lengths=counts[N_PAIRS:])
+    if loss_type == "sft":
+        # TRL's sft: the NLL per chosen token of the batch
+        mean = (counts[:N_PAIRS].sum() / N_PAIRS).expand(N_PAIRS)
+        kwargs.update(chosen_lengths=mean, rejected_lengths=mean)
     expected = preference_losses_reference(
         logps[:N_PAIRS], logps[N_PAIRS:], ref_logps[:N_PAIRS], ref_logps[N_PAIRS:], **kwargs, **call
     )

@@ -7,7 +7,13 @@ import pytest
 import torch
 from sgpo import ops
 from sgpo.ops import dispatch, fused_linear
-from sgpo.reference import LOSS_TYPES, preference_losses_reference, sequence_logps_reference
+from sgpo.reference import (
+    BATCH_COUPLED,
+    LENGTH_NORMALISED,
+    LOSS_TYPES,
+    preference_losses_reference,
+    sequence_logps_reference,
+)
 
 IGNORE = -100
 
@@ -37,7 +43,9 @@ def low_precision_ok(ours: torch.Tensor, plain: torch.Tensor, exact: torch.Tenso
 
 def grads(output: torch.Tensor, inputs: tuple[torch.Tensor, ...], seed: int = 1) -> tuple[torch.Tensor, ...]:
     weight = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return torch.autograd.grad(output, inputs, weight.to(device=output.device, dtype=output.dtype))
+    # a loss that ignores an input (sft and the rejected log-probs, reference-free losses) gives it zeros
+    weight = weight.to(device=output.device, dtype=output.dtype)
+    return torch.autograd.grad(output, inputs, weight, allow_unused=True, materialize_grads=True)
 
 
 def leaf(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -212,15 +220,24 @@ def preference_inputs(n: int, seed: int = 6) -> tuple[list[torch.Tensor], dict]:
 
 
 def loss_kwargs(loss_type: str, extras: dict, space: str = "probability") -> dict:
+    """Arguments that exercise every option ``loss_type`` reads (lengths, smoothing, its own settings)."""
     kwargs: dict = {"loss_type": loss_type, "beta": 0.2, "weights": extras["weights"]}
-    if loss_type in ("sigmoid", "robust"):
+    if loss_type in ("sigmoid", "robust", "aot", "aot_unpaired", "simpo", "cpo"):
         kwargs["label_smoothing"] = 0.15
+    if loss_type == "exo_pair":
+        kwargs["label_smoothing"] = 0.05
     if loss_type == "sppo":
         kwargs.update(chosen_win_prob=extras["chosen_win_prob"], rejected_win_prob=extras["rejected_win_prob"])
     if loss_type == "ssapo":
         kwargs.update(worst_case=extras["worst_case"], space=space)
-    if loss_type == "ipo":
+    if loss_type in LENGTH_NORMALISED:
         kwargs.update(chosen_lengths=extras["lengths"][0], rejected_lengths=extras["lengths"][1])
+    if loss_type in BATCH_COUPLED:
+        del kwargs["weights"]
+    if loss_type == "discopop":
+        kwargs["discopop_tau"] = 0.5
+    if loss_type == "simpo":
+        kwargs["simpo_gamma"] = 0.3
     return kwargs
 
 

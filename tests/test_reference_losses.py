@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 from sgpo.ops import LOSS_TYPES, preference_loss, preference_losses, sequence_logps
-from sgpo.reference import sequence_logps_reference
+from sgpo.reference import BATCH_COUPLED, sequence_logps_reference
 
 # two pairs, chosen to make the hand computations easy to follow
 CHOSEN = [-10.0, -3.0]
@@ -160,8 +160,21 @@ def test_weights_multiply_each_pair_before_the_mean():
     assert float(weighted) == pytest.approx(float((per_pair * torch.tensor([2.0, 0.5])).mean()))
 
 
+LENGTHS = {
+    "chosen_lengths": torch.tensor([3.0, 1.0, 7.0, 2.0, 5.0, 4.0], dtype=torch.float64),
+    "rejected_lengths": torch.tensor([2.0, 6.0, 1.0, 3.0, 3.0, 8.0], dtype=torch.float64),
+}
 EXTRAS = {
     "robust": {"label_smoothing": 0.15},
+    "exo_pair": {"label_smoothing": 0.01},
+    "aot": {"label_smoothing": 0.1},
+    "aot_unpaired": {"label_smoothing": 0.1},
+    "discopop": {"discopop_tau": 0.4},
+    "sft": LENGTHS,
+    "sigmoid_norm": LENGTHS,
+    "simpo": {"simpo_gamma": 0.2, "label_smoothing": 0.1, **LENGTHS},
+    "cpo": {"label_smoothing": 0.1},
+    "orpo": LENGTHS,
     "sppo": {
         "chosen_win_prob": torch.rand(6, dtype=torch.float64),
         "rejected_win_prob": torch.rand(6, dtype=torch.float64),
@@ -182,8 +195,12 @@ def test_gradcheck_float64(loss_type):
     logps = [torch.randn(6, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(4)]
     weights = torch.rand(6, generator=gen, dtype=torch.float64) + 0.1
 
+    kwargs = {"weights": weights, **EXTRAS.get(loss_type, {})}
+    if loss_type in BATCH_COUPLED:
+        del kwargs["weights"]
+
     def fn(*xs):
-        return preference_loss(*xs, loss_type=loss_type, beta=0.7, weights=weights, **EXTRAS.get(loss_type, {}))
+        return preference_loss(*xs, loss_type=loss_type, beta=0.7, **kwargs)
 
     assert torch.autograd.gradcheck(fn, logps)
 

@@ -19,6 +19,8 @@ def loss_table(pairs: int = 8, seed: int = 0, beta: float = 0.1) -> list[tuple[s
     ref_rejected = rejected.detach() + torch.randn(pairs, generator=gen)
     extras = {
         "robust": {"label_smoothing": 0.1},
+        "exo_pair": {"label_smoothing": 1e-3},
+        "sigmoid_norm": {"chosen_lengths": torch.full((pairs,), 40.0), "rejected_lengths": torch.full((pairs,), 45.0)},
         "sppo": {
             "chosen_win_prob": torch.full((pairs,), 0.7),
             "rejected_win_prob": torch.full((pairs,), 0.3),
@@ -38,7 +40,8 @@ def loss_table(pairs: int = 8, seed: int = 0, beta: float = 0.1) -> list[tuple[s
             **extras.get(loss_type, {}),
         )
         loss = out.losses.mean()
-        grad_w, grad_l = torch.autograd.grad(loss, (chosen, rejected))
+        # sft reads the chosen log-probs only: the rejected ones get a zero gradient
+        grad_w, grad_l = torch.autograd.grad(loss, (chosen, rejected), allow_unused=True, materialize_grads=True)
         rows.append((loss_type, float(loss.detach()), float(torch.cat([grad_w, grad_l]).norm())))
     return rows
 
@@ -47,9 +50,9 @@ def _run(args: argparse.Namespace) -> int:
     print("== build ==")
     print(format_info(collect()))
     print(f"\n== preference losses (beta={args.beta}, {args.pairs} synthetic pairs) ==")
-    print(f"{'loss_type':<10} {'loss':>12} {'|grad|':>12}")
+    print(f"{'loss_type':<12} {'loss':>12} {'|grad|':>12}")
     for loss_type, loss, grad in loss_table(args.pairs, args.seed, args.beta):
-        print(f"{loss_type:<10} {loss:>12.5f} {grad:>12.5f}")
+        print(f"{loss_type:<12} {loss:>12.5f} {grad:>12.5f}")
     return 0
 
 

@@ -1,10 +1,15 @@
-"""Drop-in loss modules.
+"""Drop-in loss modules for Liger-Kernel's fused linear preference losses.
 
-:class:`FusedLinearPreferenceLoss` takes the call of Liger-Kernel's ``LigerFusedLinearDPOLoss`` (the lm_head weight,
-the last hidden states with chosen rows stacked over rejected rows, the already shifted targets) and returns the same
-``(loss, aux)``, so a Liger user swaps one import; it adds every loss of DESIGN 1.1, per-pair weights, SPPO's win
-probabilities and SSAPO's worst case. The log-probs come from :func:`sgpo.ops.fused_linear_token_logps`, which never
-holds the (B, T, V) logits, and the loss sees the whole batch at once, so batch-coupled objectives work.
+Each module takes Liger's call (the lm_head weight, the last hidden states with chosen rows stacked over rejected
+rows, the already shifted targets) and returns the same ``(loss, aux)``, so a Liger user swaps one import:
+
+- :class:`FusedLinearPreferenceLoss` for ``LigerFusedLinearDPOLoss``, with every loss of :data:`sgpo.ops.LOSS_TYPES`;
+- :class:`FusedLinearSimPOLoss`, :class:`FusedLinearCPOLoss`, :class:`FusedLinearORPOLoss` for
+  ``LigerFusedLinearSimPOLoss``, ``LigerFusedLinearCPOLoss``, ``LigerFusedLinearORPOLoss`` (same constructor
+  arguments).
+
+The log-probs come from :func:`sgpo.ops.fused_linear_token_logps`, which never holds the (B, T, V) logits, and the loss
+sees the whole batch at once, so batch-coupled objectives work.
 """
 
 from __future__ import annotations
@@ -13,20 +18,27 @@ from typing import Any
 
 import torch
 
-from sgpo.ops import fused_linear_sequence_logps, fused_linear_token_logps, preference_losses
-from sgpo.reference import LOSS_TYPES, SPACES
+from sgpo.loss_args import REFERENCE_FREE, check_label_smoothing, check_loss_options
+from sgpo.nn_policy import chosen_nll, logits_means, policy_logps
+from sgpo.nn_reference_free import FusedLinearCPOLoss, FusedLinearORPOLoss, FusedLinearSimPOLoss
+from sgpo.ops import fused_linear_sequence_logps, preference_losses
+from sgpo.reference import SPACES
+
+__all__ = ["FusedLinearCPOLoss", "FusedLinearORPOLoss", "FusedLinearPreferenceLoss", "FusedLinearSimPOLoss"]
 
 
 class FusedLinearPreferenceLoss(torch.nn.Module):
     """lm_head + preference loss, chunked over tokens.
 
     Args:
-        loss_type: one of :data:`sgpo.reference.LOSS_TYPES`.
+        loss_type: one of :data:`sgpo.ops.LOSS_TYPES` (docs/loss-types.md).
         beta, label_smoothing: as in :func:`sgpo.ops.preference_loss` (label smoothing is cDPO for ``sigmoid``, the
-            flip rate for ``robust``).
+            flip rate for ``robust``, EXO's epsilon for ``exo_pair``).
         ignore_index: target value of positions that do not count (prompt, padding).
         space: ``ssapo``'s space, ``"probability"`` or ``"margin"``.
         ipo_length_normalized: ``ipo`` divides each log-ratio by its response's token count (TRL's variant).
+            ``sigmoid_norm`` always does; ``sft`` is the chosen NLL per token of the batch, as in TRL.
+        f_divergence_type, f_alpha_divergence_coef, discopop_tau, simpo_gamma: as in :func:`sgpo.ops.preference_loss`.
         average_log_prob: per-sequence mean of token log-probs instead of the sum.
         compute_nll_loss, alpha: add ``alpha`` times the chosen responses' token-mean NLL (RPO), as Liger does.
         use_ref_model: without reference log-probs or ``ref_input``, ``False`` takes them as 0 (reference-free).
@@ -49,6 +61,10 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         *,
         space: str = "probability",
         ipo_length_normalized: bool = False,
+        f_divergence_type: str = "reverse_kl",
+        f_alpha_divergence_coef: float = 0.5,
+        discopop_tau: float = 0.05,
+        simpo_gamma: float = 0.5,
         average_log_prob: bool = False,
         compute_nll_loss: bool = False,
         alpha: float = 1.0,
@@ -58,8 +74,14 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         chunk_size: int = 1,
     ) -> None:
         super().__init__()
-        if loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type: unknown value {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
+        self.options = dict(
+            f_divergence_type=f_divergence_type,
+            f_alpha_divergence_coef=f_alpha_divergence_coef,
+            discopop_tau=discopop_tau,
+            simpo_gamma=simpo_gamma,
+        )
+        check_loss_options(loss_type, **self.options)
+        check_label_smoothing(loss_type, label_smoothing)
         if space not in SPACES:
             raise ValueError(f"space: unknown value {space!r}; expected one of {', '.join(SPACES)}")
         if ipo_length_normalized and loss_type != "ipo":
@@ -87,11 +109,13 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         ref_chosen_logps: torch.Tensor | None,
         ref_rejected_logps: torch.Tensor | None,
         n_pairs: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if (ref_chosen_logps is None) != (ref_rejected_logps is None):
             raise ValueError("ref_chosen_logps: pass both ref_chosen_logps and ref_rejected_logps, or neither")
         if ref_chosen_logps is not None:
             return ref_chosen_logps, ref_rejected_logps
+        if self.loss_type in REFERENCE_FREE:
+            return None, None
         if ref_input is not None:
             if ref_input.shape[:2] != target.shape:
                 raise ValueError(
@@ -120,6 +144,19 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         zeros = torch.zeros(n_pairs, dtype=torch.float32, device=target.device)
         return zeros, zeros
 
+    def _lengths(self, counts: torch.Tensor, n_pairs: int) -> tuple[Any, Any]:
+        if self.average_log_prob:
+            # the log-probs are per-token means already
+            ones = torch.ones(n_pairs, device=counts.device)
+            return (ones, ones) if self.loss_type == "sigmoid_norm" else (None, None)
+        if self.loss_type == "sigmoid_norm" or self.ipo_length_normalized:
+            return counts[:n_pairs], counts[n_pairs:]
+        if self.loss_type == "sft":
+            # each pair's NLL over the batch's mean chosen length: the mean over pairs is the NLL per chosen token
+            mean = counts[:n_pairs].sum().clamp(min=1) / n_pairs
+            return mean.expand(n_pairs), mean.expand(n_pairs)
+        return None, None
+
     def forward(
         self,
         lin_weight: torch.Tensor,
@@ -137,28 +174,23 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
         worst_case: Any = None,
         weights: Any = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        if _input.dim() != 3 or _input.shape[0] % 2 or _input.shape[0] == 0:
-            raise ValueError(
-                "_input: expected shape (2 * n_pairs, T, H) with chosen rows stacked over rejected rows, "
-                f"got {tuple(_input.shape)}"
-            )
-        n_pairs, seq_len = _input.shape[0] // 2, _input.shape[1]
-        token = fused_linear_token_logps(
-            _input, lin_weight, target, bias=bias, ignore_index=self.ignore_index, chunk_tokens=self.chunk_tokens
+        policy = policy_logps(
+            lin_weight,
+            _input,
+            target,
+            bias,
+            ignore_index=self.ignore_index,
+            average_log_prob=self.average_log_prob,
+            chunk_tokens=self.chunk_tokens,
         )
-        mask = target != self.ignore_index
-        counts = mask.sum(-1)
-        logps = token.sum(-1)
-        if self.average_log_prob:
-            logps = logps / counts.clamp(min=1).to(logps.dtype)
-        chosen, rejected = logps[:n_pairs], logps[n_pairs:]
+        n_pairs = policy.chosen.shape[0]
         ref_chosen, ref_rejected = self._reference_logps(
             lin_weight, bias, target, ref_input, ref_weight, ref_bias, ref_chosen_logps, ref_rejected_logps, n_pairs
         )
-        lengths = (counts[:n_pairs], counts[n_pairs:]) if self.ipo_length_normalized else (None, None)
+        chosen_lengths, rejected_lengths = self._lengths(policy.counts, n_pairs)
         out = preference_losses(
-            chosen,
-            rejected,
+            policy.chosen,
+            policy.rejected,
             ref_chosen,
             ref_rejected,
             loss_type=self.loss_type,
@@ -169,26 +201,21 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
             worst_case=worst_case,
             space=self.space,
             weights=weights,
-            chosen_lengths=lengths[0],
-            rejected_lengths=lengths[1],
+            chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths,
+            **self.options,
         )
         loss = out.losses.mean()
         nll = torch.zeros((), dtype=loss.dtype, device=loss.device)
         if self.compute_nll_loss:
-            nll = -token[:n_pairs].sum() / mask[:n_pairs].sum().clamp(min=1)
+            nll = chosen_nll(
+                policy, lin_weight, _input, bias, ignore_index=self.ignore_index, chunk_tokens=self.chunk_tokens
+            )
             loss = loss + self.alpha * nll
-        with torch.no_grad():
-            # The mean logit over every position and the whole vocabulary needs no projection:
-            # sum_v (h . w_v + b_v) = h . sum_v w_v + sum_v b_v.
-            row_sums = _input.float().sum(1) @ lin_weight.float().sum(0)
-            if bias is not None:
-                row_sums = row_sums + seq_len * bias.float().sum()
-            scale = n_pairs * seq_len * lin_weight.shape[0]
-            chosen_logits_mean = row_sums[:n_pairs].sum() / scale
-            rejected_logits_mean = row_sums[n_pairs:].sum() / scale
+        chosen_logits_mean, rejected_logits_mean = logits_means(lin_weight, _input, bias)
         aux = (
-            chosen.detach(),
-            rejected.detach(),
+            policy.chosen.detach(),
+            policy.rejected.detach(),
             chosen_logits_mean,
             rejected_logits_mean,
             nll.detach(),

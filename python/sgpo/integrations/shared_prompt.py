@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgpo.pipeline.distributed import head_sequence_logps
+import sgpo
 
 # config attributes by which a model rescales or caps its logits; sgpo's head op applies neither
 _LOGIT_TRANSFORMS = (
@@ -100,8 +100,43 @@ def _cache_argument(decoder: nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
-def pair_logps(decoder: nn.Module, head: nn.Linear, pair: Pair) -> torch.Tensor:
-    """(2,) float32: the summed log-probs of the chosen and the rejected response given the prompt."""
+def head_token_logps(
+    head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, *, log_sum_sq_probs: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs (and WPO's log sum_v p_v^2, without gradient) of ``hidden`` through the linear ``head``.
+
+    Under FSDP2 a resharded head's weight is a DTensor: the op then runs as the head's own forward, where FSDP gathers
+    the weight and registers the hooks that reduce-scatter its gradient (as
+    :func:`sgpo.pipeline.distributed.head_sequence_logps` does for sequence sums).
+    """
+    from torch.distributed.tensor import DTensor
+
+    def forward(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = sgpo.ops.fused_linear_token_logps(
+            h, head.weight, labels, bias=head.bias, log_sum_sq_probs=log_sum_sq_probs
+        )
+        return out if log_sum_sq_probs else (out, None)
+
+    if not isinstance(head.weight, DTensor):
+        return forward(hidden)
+    head.forward = forward
+    try:
+        return head(hidden)
+    finally:
+        del head.forward
+
+
+@dataclass(frozen=True)
+class TokenLogps:
+    """Per-token log-probs of a preference batch, chosen rows stacked over rejected rows, 0 off the responses."""
+
+    token: torch.Tensor  # (2n, T)
+    mask: torch.Tensor  # (2n, T) bool: response positions
+    log_sum_sq: torch.Tensor | None = None  # (2n, T) WPO's log sum_v p_v^2, without gradient
+
+
+def pair_token_logps(decoder: nn.Module, head: nn.Linear, pair: Pair, *, log_sum_sq_probs: bool = False) -> TokenLogps:
+    """The chosen and the rejected response's per-token log-probs given the prompt, rows (2, W)."""
     prompt = pair.prompt.unsqueeze(0)
     device = prompt.device
     out = decoder(input_ids=prompt, use_cache=True)
@@ -132,14 +167,22 @@ def pair_logps(decoder: nn.Module, head: nn.Linear, pair: Pair) -> torch.Tensor:
             **{_cache_argument(decoder): cache},
         ).last_hidden_state
         hidden = torch.cat([last, rest], dim=1)
-    return head_sequence_logps(head, hidden, labels)
+    token, log_sum_sq = head_token_logps(head, hidden, labels, log_sum_sq_probs=log_sum_sq_probs)
+    return TokenLogps(token, mask.bool(), log_sum_sq)
 
 
-def pairs_logps(model: nn.Module, pairs: list[Pair], parts: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) log-probs, (n,) each, of ``pairs`` through ``model`` (see :func:`pair_logps`).
+def pairs_token_logps(
+    model: nn.Module, pairs: list[Pair], parts: Any = None, *, log_sum_sq_probs: bool = False
+) -> list[TokenLogps]:
+    """:func:`pair_token_logps` of each pair, unpadded: a pair's sums do not depend on the batch it is in.
 
     ``parts`` is ``decoder_and_head(model)`` when the caller already has it.
     """
     decoder, head = parts if parts is not None else decoder_and_head(model)
-    logps = torch.stack([pair_logps(decoder, head, pair) for pair in pairs])
+    return [pair_token_logps(decoder, head, pair, log_sum_sq_probs=log_sum_sq_probs) for pair in pairs]
+
+
+def pairs_logps(model: nn.Module, pairs: list[Pair], parts: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) summed log-probs, (n,) each, of ``pairs`` through ``model`` (see :func:`pair_token_logps`)."""
+    logps = torch.stack([tokens.token.sum(dim=1) for tokens in pairs_token_logps(model, pairs, parts)])
     return logps[:, 0], logps[:, 1]

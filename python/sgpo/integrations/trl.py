@@ -4,11 +4,14 @@ TRL 1.x computes its DPO loss inline in ``DPOTrainer._compute_loss`` and offers 
 :class:`SGPODPOTrainer` overrides ``compute_loss``, the public ``transformers.Trainer`` hook, and keeps the rest of TRL:
 dataset tokenisation and collation, the fused LM head that gives per-token log-probs without materialising the logits,
 the reference log-probs (a reference model, the PEFT adapter disabled, or ``precompute_ref_log_probs``), and the
-``rewards/*`` and ``logps/*`` metrics. ``logps_backend="sgpo"`` swaps TRL's log-prob head for
-:func:`sgpo.ops.fused_linear_sequence_logps`, projecting response tokens only, and (on one process, without gradient
-checkpointing) forwards each pair's prompt once for both responses (:mod:`sgpo.integrations.shared_prompt`), for the
-policy and the reference alike. Where the loss is a mean over pairs (every loss but ssapo's ``"batch"`` follower), a
-training step then runs forward and backward one pair at a time, so only one pair's activations are held at once.
+``rewards/*``, ``logps/*``, ``logits/*``, ``entropy`` and ``mean_token_accuracy`` metrics. Every loss type and option
+of TRL 1.16's ``DPOTrainer`` is accepted with its name and default (:class:`SGPODPOConfig`) and computed by
+:func:`sgpo.ops.preference_losses` (:mod:`sgpo.integrations.trl_losses`). ``logps_backend="sgpo"`` swaps TRL's
+log-prob head for :func:`sgpo.ops.fused_linear_token_logps`, projecting response tokens only, and (on one process,
+without gradient checkpointing) forwards each pair's prompt once for both responses
+(:mod:`sgpo.integrations.shared_prompt`), for the policy and the reference alike. Where the loss is a mean of per-pair
+terms (every loss but ssapo's ``"batch"`` follower, the sorted ``aot`` losses, and ``sft`` under WPO), a training
+step then runs forward and backward one pair at a time, so only one pair's activations are held at once.
 
 ``ssapo`` runs in one of two modes (``SGPODPOConfig.ssapo_worst_case``):
 
@@ -26,244 +29,67 @@ names them.
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from accelerate.utils import is_peft_model
-from packaging.specifiers import SpecifierSet
 
 import sgpo
-from sgpo.integrations.shared_prompt import Pair, decoder_and_head, pairs_logps, split_pairs
-from sgpo.pipeline.distributed import enable_cpu_fsdp, head_sequence_logps
-from sgpo.reference import LOSS_TYPES, SPACES, PreferenceLosses
-
-try:
-    import trl
-    from trl import DPOConfig, DPOTrainer
-    from trl.trainer.utils import use_adapter
-except ImportError as err:
-    raise ImportError("sgpo.integrations.trl needs TRL: pip install 'sgpo[trl]'") from err
-
-# The overridden surface (compute_loss, compute_ref_log_probs, the fused_lm_head forward, _metrics,
-# _set_signature_columns_if_needed) is TRL 1.x's; keep in step with the `trl` extra in pyproject.toml.
-SUPPORTED_TRL = ">=1.0,<2"
-
-if not SpecifierSet(SUPPORTED_TRL).contains(trl.__version__, prereleases=True):
-    raise ImportError(
-        f"sgpo.integrations.trl supports trl{SUPPORTED_TRL}; trl {trl.__version__} is installed "
-        f"(pip install 'trl{SUPPORTED_TRL}')"
-    )
-
-# (chosen, rejected) win-probability columns for sppo: sgpo's names, then SPPO's released data (arXiv 2405.00675)
-WIN_PROB_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("chosen_win_prob", "rejected_win_prob"),
-    ("chosen_probs_win", "chosen_probs_lose"),
+from sgpo.integrations.shared_prompt import (
+    Pair,
+    TokenLogps,
+    decoder_and_head,
+    head_token_logps,
+    pairs_token_logps,
+    split_pairs,
 )
-SSAPO_WORST_CASE_MODES: tuple[str, ...] = ("batch", "columns")
-LOGPS_BACKENDS: tuple[str, ...] = ("trl", "sgpo")
+from sgpo.integrations.trl_columns import WIN_PROB_COLUMNS, WithLossColumns, add_worst_case_columns, loss_columns
+from sgpo.integrations.trl_config import (
+    LOGPS_BACKENDS,
+    SSAPO_WORST_CASE_MODES,
+    SUPPORTED_TRL,
+    DPOTrainer,
+    SGPODPOConfig,
+    use_adapter,
+)
+from sgpo.integrations.trl_losses import (
+    PairBatch,
+    Tokens,
+    chosen_sums,
+    combine,
+    loss_logps,
+    loss_options,
+    sequence_logps,
+    uses_pairs_jointly,
+    wpo_weights,
+)
+from sgpo.pipeline.distributed import enable_cpu_fsdp
+from sgpo.reference import PreferenceLosses
+
+__all__ = [
+    "LOGPS_BACKENDS",
+    "SSAPO_WORST_CASE_MODES",
+    "SUPPORTED_TRL",
+    "WIN_PROB_COLUMNS",
+    "SGPODPOConfig",
+    "SGPODPOTrainer",
+    "add_worst_case_columns",
+    "loss_columns",
+]
 
 # batch keys the trainer itself consumes; everything else in a collated batch goes to the model's forward
 _TRL_NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
 # a batch with any other key (pixel values, token type ids) takes the model's own forward
 _SHARED_PROMPT_KEYS = _TRL_NON_MODEL_KEYS | {"input_ids", "attention_mask"}
-# sgpo loss types that take DPOConfig.label_smoothing
-_SMOOTHED_LOSS_TYPES = ("sigmoid", "robust")
-
-
-@dataclass
-class SGPODPOConfig(DPOConfig):
-    """TRL's ``DPOConfig`` plus sgpo's options.
-
-    ``loss_type`` takes sgpo's loss types (:data:`sgpo.ops.LOSS_TYPES`); several combine with ``loss_weights`` as in
-    TRL. Two meanings differ from TRL 1.x: ``sigmoid`` with ``label_smoothing > 0`` is conservative DPO (TRL 1.x ignores
-    it), and ``ipo`` is length-normalised like TRL's only while ``ipo_length_normalized`` is true (the default).
-    TRL's ``ld_alpha``, ``f_divergence_type`` and ``use_weighting`` change the loss in ways sgpo's ops do not model and
-    are refused.
-    """
-
-    logps_backend: str = field(
-        default="trl",
-        metadata={
-            "help": "Op computing the log-probs: 'trl' (TRL's fused LM head) or 'sgpo' "
-            "(sgpo.ops.fused_linear_sequence_logps on response tokens only, each prompt forwarded once per pair, "
-            "and for per-pair losses forward and backward one pair at a time).",
-            "choices": list(LOGPS_BACKENDS),
-        },
-    )
-    gradient_checkpointing: bool | None = field(
-        default=None,
-        metadata={
-            "help": "Recompute activations in the backward. Default: on with logps_backend='trl' (TRL's default), off "
-            "with 'sgpo', whose step holds one pair's activations at a time and needs the cache checkpointing disables "
-            "to forward each prompt once."
-        },
-    )
-    ipo_length_normalized: bool = field(
-        default=True,
-        metadata={"help": "ipo divides each log-ratio by its completion's token count, as TRL's ipo does."},
-    )
-    ssapo_worst_case: str = field(
-        default="batch",
-        metadata={
-            "help": "Where ssapo's worst case comes from: 'batch' solves the follower on each step's all-gathered "
-            "margins; 'columns' reads a worst case precomputed over the whole dataset from its columns.",
-            "choices": list(SSAPO_WORST_CASE_MODES),
-        },
-    )
-    ssapo_epsilon: float = field(
-        default=0.01, metadata={"help": "Radius of the follower's Wasserstein ball (the paper's epsilon)."}
-    )
-    ssapo_pieces: int = field(default=6, metadata={"help": "Tangent pieces K of the follower's loss."})
-    ssapo_space: str = field(
-        default="probability",
-        metadata={"help": "Space of the follower and the ssapo loss.", "choices": list(SPACES)},
-    )
-    ssapo_group_size: int | None = field(
-        default=None, metadata={"help": "Solve the follower in consecutive groups of this many margins."}
-    )
-    ssapo_max_shift: float | None = field(
-        default=None, metadata={"help": "Cap on each point's displacement (the paper's code uses epsilon)."}
-    )
-    ssapo_backend: str = field(default="auto", metadata={"help": "Backend of sgpo.worst_case."})
-    worst_case_weights_column: str = field(
-        default="worst_case_weights",
-        metadata={"help": "Dataset column with each pair's K worst-case weights (ssapo_worst_case='columns')."},
-    )
-    worst_case_shifts_column: str = field(
-        default="worst_case_shifts",
-        metadata={"help": "Dataset column with each pair's K worst-case shifts (ssapo_worst_case='columns')."},
-    )
-
-    def __post_init__(self) -> None:
-        if self.gradient_checkpointing is None:
-            self.gradient_checkpointing = self.logps_backend == "trl"
-        super().__post_init__()
-        unknown = [name for name in self.loss_type if name not in LOSS_TYPES]
-        if unknown:
-            raise ValueError(
-                f"loss_type: {unknown} are not sgpo loss types; expected some of {', '.join(LOSS_TYPES)} "
-                "(use trl.DPOTrainer for TRL's other losses)"
-            )
-        if self.ld_alpha is not None:
-            raise ValueError(f"ld_alpha: sgpo's losses use summed log-probs; expected None, got {self.ld_alpha!r}")
-        if self.f_divergence_type != "reverse_kl":
-            raise ValueError(
-                "f_divergence_type: sgpo's losses are reverse-KL; "
-                f"expected 'reverse_kl', got {self.f_divergence_type!r}"
-            )
-        if self.use_weighting:
-            raise ValueError("use_weighting: WPO weighting is not part of sgpo's losses; expected False, got True")
-        if self.label_smoothing != 0.0 and not set(self.loss_type) & set(_SMOOTHED_LOSS_TYPES):
-            raise ValueError(
-                f"label_smoothing: only {' and '.join(_SMOOTHED_LOSS_TYPES)} use it; got {self.label_smoothing!r} "
-                f"with loss_type={self.loss_type}"
-            )
-        if self.logps_backend not in LOGPS_BACKENDS:
-            raise ValueError(f"logps_backend: expected one of {', '.join(LOGPS_BACKENDS)}, got {self.logps_backend!r}")
-        if self.ssapo_worst_case not in SSAPO_WORST_CASE_MODES:
-            raise ValueError(
-                f"ssapo_worst_case: expected one of {', '.join(SSAPO_WORST_CASE_MODES)}, got {self.ssapo_worst_case!r}"
-            )
-        if self.ssapo_space not in SPACES:
-            raise ValueError(f"ssapo_space: expected one of {', '.join(SPACES)}, got {self.ssapo_space!r}")
-        if not (math.isfinite(self.ssapo_epsilon) and self.ssapo_epsilon >= 0):
-            raise ValueError(f"ssapo_epsilon: expected a finite number >= 0, got {self.ssapo_epsilon!r}")
-        if self.ssapo_pieces < 1:
-            raise ValueError(f"ssapo_pieces: expected an integer >= 1, got {self.ssapo_pieces!r}")
-        if self.ssapo_group_size is not None and self.ssapo_group_size < 1:
-            raise ValueError(f"ssapo_group_size: expected None or an integer >= 1, got {self.ssapo_group_size!r}")
-
-
-def add_worst_case_columns(
-    dataset: Any,
-    worst_case: Any,
-    *,
-    weights_column: str = "worst_case_weights",
-    shifts_column: str = "worst_case_shifts",
-) -> Any:
-    """Return ``dataset`` with the follower's per-pair weights and shifts as two list columns (ssapo ``"columns"``).
-
-    ``worst_case`` is a :class:`sgpo.WorstCase` (or a (weights, shifts) pair of (n, K) arrays) solved on the margins
-    of ``dataset``'s rows, in row order.
-    """
-    if hasattr(worst_case, "weights") and hasattr(worst_case, "shifts"):
-        weights, shifts = worst_case.weights, worst_case.shifts
-    elif isinstance(worst_case, (tuple, list)) and len(worst_case) == 2:
-        weights, shifts = worst_case
-    else:
-        raise ValueError(
-            f"worst_case: expected a sgpo.WorstCase or a (weights, shifts) pair, got {type(worst_case).__name__}"
-        )
-    weights = torch.as_tensor(weights).detach().cpu().double()
-    shifts = torch.as_tensor(shifts).detach().cpu().double()
-    if weights.dim() != 2 or weights.shape[0] != len(dataset) or shifts.shape != weights.shape:
-        raise ValueError(
-            f"worst_case: expected weights and shifts of shape ({len(dataset)}, K) for a dataset of {len(dataset)} "
-            f"rows, got {tuple(weights.shape)} and {tuple(shifts.shape)}"
-        )
-    dataset = dataset.add_column(weights_column, weights.tolist())
-    return dataset.add_column(shifts_column, shifts.tolist())
-
-
-def _column_names(dataset: Any) -> list[str]:
-    names = getattr(dataset, "column_names", None)
-    if names is None:
-        names = list(next(iter(dataset)).keys())
-    return list(names)
-
-
-def loss_columns(args: SGPODPOConfig, dataset: Any, dataset_arg: str = "train_dataset") -> dict[str, str]:
-    """Batch key -> dataset column for the per-pair inputs ``args.loss_type`` reads from ``dataset``."""
-    names = _column_names(dataset)
-    columns: dict[str, str] = {}
-    if "sppo" in args.loss_type:
-        pair = next((p for p in WIN_PROB_COLUMNS if p[0] in names and p[1] in names), None)
-        if pair is None:
-            options = " or ".join("/".join(p) for p in WIN_PROB_COLUMNS)
-            raise ValueError(
-                f"{dataset_arg}: loss_type 'sppo' reads win probabilities from the columns {options}; "
-                f"the dataset has {names}"
-            )
-        columns["chosen_win_prob"], columns["rejected_win_prob"] = pair
-    if "ssapo" in args.loss_type and args.ssapo_worst_case == "columns":
-        for key, column in (
-            ("worst_case_weights", args.worst_case_weights_column),
-            ("worst_case_shifts", args.worst_case_shifts_column),
-        ):
-            if column not in names:
-                raise ValueError(
-                    f"{dataset_arg}: ssapo_worst_case='columns' reads the column {column!r}, which the dataset "
-                    f"lacks (it has {names}); add it with sgpo.integrations.trl.add_worst_case_columns"
-                )
-            columns[key] = column
-    return columns
-
-
-class _WithLossColumns:
-    """Wraps a preference collator: adds the per-pair loss inputs, as float32 tensors, to each batch."""
-
-    def __init__(self, collator: Callable[[list[dict[str, Any]]], dict[str, Any]], columns: Mapping[str, str]):
-        self.collator = collator
-        self.columns = dict(columns)
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.collator(examples)
-        for key, column in self.columns.items():
-            if column not in examples[0]:
-                raise ValueError(f"dataset: the loss reads the column {column!r}, which this dataset's rows lack")
-            batch[key] = torch.tensor([example[column] for example in examples], dtype=torch.float32)
-        return batch
 
 
 class SGPODPOTrainer(DPOTrainer):
     """TRL's ``DPOTrainer`` with the loss computed by :func:`sgpo.ops.preference_losses`.
 
-    Takes the same arguments as ``trl.DPOTrainer``; ``args`` must be an :class:`SGPODPOConfig`. Logs TRL's
-    ``rewards/{chosen,rejected,accuracies,margins}``, ``logps/{chosen,rejected}``, ``num_tokens`` and (with TRL's
-    log-prob head) ``entropy``, and for ssapo the mean worst-case shift ``ssapo/shift`` (plus the follower's
+    Takes the same arguments as ``trl.DPOTrainer``; ``args`` must be an :class:`SGPODPOConfig`. Logs TRL's metrics
+    (``rewards/*``, ``logps/*``, ``num_tokens``, and with TRL's log-prob head ``entropy``, ``logits/*`` and
+    ``mean_token_accuracy``), and for ssapo the mean worst-case shift ``ssapo/shift`` (plus the follower's
     ``ssapo/worst_case_value`` when it is solved per batch). With gradient accumulation, ssapo's batch mode solves the
     follower once per micro-step, on that micro-step's margins from every process.
     """
@@ -277,6 +103,11 @@ class SGPODPOTrainer(DPOTrainer):
             raise ValueError(
                 f"args: expected an sgpo.integrations.trl.SGPODPOConfig (a DPOConfig with sgpo's options), "
                 f"got {type(args).__name__}"
+            )
+        if args.sync_ref_model and (kwargs.get("peft_config") is not None or is_peft_model(model)):
+            raise ValueError(
+                "sync_ref_model: True needs a reference model to move, but with PEFT the reference is the adapter "
+                "disabled; expected sync_ref_model=False, or full fine-tuning"
             )
         train_dataset, eval_dataset = kwargs.get("train_dataset"), kwargs.get("eval_dataset")
         # checked before TRL tokenises the datasets, so a missing column fails in seconds
@@ -294,7 +125,7 @@ class SGPODPOTrainer(DPOTrainer):
                 )
         super().__init__(model, ref_model=ref_model, args=args, **kwargs)
         if self._sgpo_columns:
-            self.data_collator = _WithLossColumns(self.data_collator, self._sgpo_columns)
+            self.data_collator = WithLossColumns(self.data_collator, self._sgpo_columns)
 
     def create_accelerator_and_postprocess(self) -> None:
         super().create_accelerator_and_postprocess()
@@ -326,7 +157,8 @@ class SGPODPOTrainer(DPOTrainer):
             unwrapped = self.accelerator.unwrap_model(self.model)
             adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
         with torch.no_grad(), adapter, self.accelerator.autocast():
-            return pairs_logps(model, pairs, parts)
+            tokens = pairs_token_logps(model, pairs, parts)
+        return sequence_logps(tokens, self.ld_alpha).chunk(2)
 
     def _shared_prompt(self, model: Any, inputs: Mapping[str, Any]) -> tuple[list[Pair], Any] | None:
         """The batch's pairs and ``model``'s (decoder, head) when the prompt-sharing forward applies, else None.
@@ -351,12 +183,8 @@ class SGPODPOTrainer(DPOTrainer):
         pairs = split_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
         return None if pairs is None else (pairs, parts)
 
-    def _per_pair_loss(self) -> bool:
-        # ssapo's batch follower couples the pairs; every other loss is a mean of per-pair terms
-        return not ("ssapo" in self.loss_types and self.args.ssapo_worst_case == "batch")
-
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
-        if not self._per_pair_loss():
+        if uses_pairs_jointly(self.args):
             return super().training_step(model, inputs, num_items_in_batch)
         # on the device first, so the pairs' token ids are views of what the model will see
         inputs = self._prepare_inputs(inputs)
@@ -384,16 +212,22 @@ class SGPODPOTrainer(DPOTrainer):
     ) -> torch.Tensor:
         """Forward and backward one pair at a time: the gradient of the batch's mean loss, one pair's activations."""
         ref_chosen_logps, ref_rejected_logps = self._reference_logps(inputs)
-        chosen_lengths, rejected_lengths = inputs["completion_mask"].sum(dim=1).clamp(min=1).chunk(2, dim=0)
+        lengths, sft_tokens = self._lengths(inputs["completion_mask"])
         n = len(pairs)
         total, chosen_logps, rejected_logps = 0.0, [], []
         for i, pair in enumerate(pairs):
             rows = slice(i, i + 1)
-            chosen, rejected = pairs_logps(model, [pair], parts)
-            logps = (chosen, rejected, ref_chosen_logps[rows], ref_rejected_logps[rows])
-            columns = {key: inputs[key][rows] for key in self._sgpo_columns}
-            lengths = (chosen_lengths[rows], rejected_lengths[rows])
-            loss = self._weighted_loss(logps, columns, lengths, "train", torch.sum)
+            tokens = pairs_token_logps(model, [pair], parts, log_sum_sq_probs=self.use_weighting)
+            chosen, rejected = sequence_logps(tokens, self.ld_alpha).chunk(2)
+            batch = PairBatch(
+                logps=(chosen, rejected, ref_chosen_logps[rows], ref_rejected_logps[rows]),
+                chosen_nll_logps=chosen_sums(tokens),
+                lengths=(lengths[0][rows], lengths[1][rows]),
+                sft_tokens=sft_tokens,
+                wpo=wpo_weights(tokens) if self.use_weighting else None,
+                columns={key: inputs[key][rows] for key in self._sgpo_columns},
+            )
+            loss = self._loss(batch, "train", torch.sum)
             self.accelerator.backward(loss * (scale / n))
             total = total + loss.detach()
             chosen_logps.append(chosen.detach())
@@ -402,6 +236,28 @@ class SGPODPOTrainer(DPOTrainer):
         seq_len = inputs["completion_mask"].size(1) - 1
         self._log_metrics("train", inputs, None, seq_len, logps)
         return total * (scale / n)
+
+    def _policy_tokens(
+        self, model: Any, inputs: Mapping[str, Any], model_kwargs: dict[str, Any], labels: torch.Tensor
+    ) -> tuple[Tokens, Any]:
+        """The policy's per-token log-probs of the batch (with WPO's log sum_v p_v^2 when weighting) and the model's
+        outputs (None from the prompt-sharing forward)."""
+        mask = inputs["completion_mask"][:, 1:].bool()
+        # prompt-learning PEFT prepends virtual tokens to the outputs; the real positions are the last ones
+        seq_len = mask.size(1)
+        shared = self._shared_prompt(model, inputs)
+        if shared is not None:
+            return pairs_token_logps(model, *shared, log_sum_sq_probs=self.use_weighting), None
+        if self.args.logps_backend == "trl":
+            outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
+            log_sum_sq = outputs.log_sum_sq_probs[:, -seq_len:] if self.use_weighting else None
+            return TokenLogps(outputs.log_probs[:, -seq_len:], mask, log_sum_sq), outputs
+        # logits_to_keep=1: through the model's own forward (DDP hooks intact) without the (B, T, V) logits
+        outputs = model(**model_kwargs, logits_to_keep=1, output_hidden_states=True)
+        hidden = outputs.hidden_states[-1][:, -(seq_len + 1) : -1]
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        token, log_sum_sq = head_token_logps(head, hidden, labels[:, 1:], log_sum_sq_probs=self.use_weighting)
+        return TokenLogps(token, mask, log_sum_sq), outputs
 
     def compute_loss(
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
@@ -414,28 +270,21 @@ class SGPODPOTrainer(DPOTrainer):
             model_kwargs["output_router_logits"] = True
         completion_mask = inputs["completion_mask"]
         labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
-        # prompt-learning PEFT prepends virtual tokens to the outputs; the real positions are the last ones
         seq_len = completion_mask.size(1) - 1
-        shared = self._shared_prompt(model, inputs)
-        if shared is not None:
-            outputs = None
-            chosen_logps, rejected_logps = pairs_logps(model, *shared)
-        else:
-            if self.args.logps_backend == "trl":
-                outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
-                logps = outputs.log_probs[:, -seq_len:].sum(dim=1)
-            else:
-                # logits_to_keep=1: through the model's own forward (DDP hooks intact) without the (B, T, V) logits
-                outputs = model(**model_kwargs, logits_to_keep=1, output_hidden_states=True)
-                hidden = outputs.hidden_states[-1][:, -(seq_len + 1) : -1]
-                head = self.accelerator.unwrap_model(model).get_output_embeddings()
-                logps = head_sequence_logps(head, hidden, labels[:, 1:])
-            chosen_logps, rejected_logps = logps.chunk(2, dim=0)
-
+        tokens, outputs = self._policy_tokens(model, inputs, model_kwargs, labels)
+        chosen_logps, rejected_logps = sequence_logps(tokens, self.ld_alpha).chunk(2)
         ref_chosen_logps, ref_rejected_logps = self._reference_logps(inputs)
-        lengths = completion_mask.sum(dim=1).clamp(min=1).chunk(2, dim=0)
+        lengths, sft_tokens = self._lengths(completion_mask)
         logps = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
-        loss = self._weighted_loss(logps, inputs, lengths, mode, torch.mean)
+        batch = PairBatch(
+            logps=logps,
+            chosen_nll_logps=chosen_sums(tokens),
+            lengths=lengths,
+            sft_tokens=sft_tokens,
+            wpo=wpo_weights(tokens) if self.use_weighting else None,
+            columns={key: inputs[key] for key in self._sgpo_columns},
+        )
+        loss = self._loss(batch, mode, torch.mean)
 
         if self.aux_loss_enabled:
             loss = loss + self.router_aux_loss_coef * outputs.aux_loss
@@ -449,6 +298,14 @@ class SGPODPOTrainer(DPOTrainer):
             return loss, outputs
         return loss
 
+    @staticmethod
+    def _lengths(completion_mask: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """Each response's token count (at least 1) and the mean chosen response length, sft's normaliser."""
+        counts = completion_mask.sum(dim=1)
+        chosen, rejected = counts.clamp(min=1).chunk(2)
+        sft_tokens = counts.chunk(2)[0].sum().clamp(min=1) / chosen.shape[0]
+        return (chosen, rejected), sft_tokens
+
     def _reference_logps(self, inputs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference's chosen and rejected log-probs: precomputed columns, else a forward of the reference."""
         if self.precompute_ref_logps:
@@ -456,50 +313,30 @@ class SGPODPOTrainer(DPOTrainer):
         reference = self.ref_model if self.ref_model is not None else self.model
         return self.compute_ref_log_probs(reference, inputs)
 
-    def _weighted_loss(
-        self,
-        logps: Sequence[torch.Tensor],
-        inputs: Mapping[str, Any],
-        lengths: Sequence[torch.Tensor],
-        mode: str,
-        reduce: Callable[[torch.Tensor], torch.Tensor],
-    ) -> torch.Tensor:
-        """``sum_k loss_weights[k] * reduce(per-pair losses of loss_types[k])`` (TRL's combination of loss types)."""
-        loss = 0.0
-        for loss_type, loss_weight in zip(self.loss_types, self.loss_weights, strict=True):
-            loss = loss + reduce(self._pair_losses(loss_type, logps, inputs, lengths, mode).losses) * loss_weight
-        return loss
+    def _loss(self, batch: PairBatch, mode: str, reduce: Any) -> torch.Tensor:
+        """TRL's weighted sum over ``loss_type`` of the reduced per-pair losses of ``batch``."""
+        return combine(
+            self.args,
+            self.loss_weights,
+            lambda loss_type: self._pair_losses(loss_type, batch, mode).losses,
+            batch.wpo,
+            reduce,
+        )
 
-    def _pair_losses(
-        self,
-        loss_type: str,
-        logps: Sequence[torch.Tensor],
-        inputs: Mapping[str, Any],
-        lengths: Sequence[torch.Tensor],
-        mode: str,
-    ) -> PreferenceLosses:
+    def _pair_losses(self, loss_type: str, batch: PairBatch, mode: str) -> PreferenceLosses:
         args: SGPODPOConfig = self.args
-        options: dict[str, Any] = {
-            "loss_type": loss_type,
-            "beta": self.beta,
-            "label_smoothing": self.label_smoothing if loss_type in _SMOOTHED_LOSS_TYPES else 0.0,
-        }
-        if loss_type == "ipo" and args.ipo_length_normalized:
-            options["chosen_lengths"], options["rejected_lengths"] = lengths
-        elif loss_type == "sppo":
-            options["chosen_win_prob"] = inputs["chosen_win_prob"]
-            options["rejected_win_prob"] = inputs["rejected_win_prob"]
-        elif loss_type == "ssapo":
+        options = loss_options(args, loss_type, self.beta, batch)
+        if loss_type == "ssapo":
             options["space"] = args.ssapo_space
             if args.ssapo_worst_case == "columns":
-                weights, shifts = inputs["worst_case_weights"], inputs["worst_case_shifts"]
+                weights, shifts = batch.columns["worst_case_weights"], batch.columns["worst_case_shifts"]
             else:
-                weights, shifts = self._batch_worst_case(logps, mode)
+                weights, shifts = self._batch_worst_case(batch.logps, mode)
             options["worst_case"] = (weights, shifts)
             self._metrics[mode]["ssapo/shift"].append(
                 self.accelerator.gather((weights * shifts).sum(dim=-1)).mean().item()
             )
-        return sgpo.ops.preference_losses(*logps, **options)
+        return sgpo.ops.preference_losses(*loss_logps(loss_type, batch), **options)
 
     def _batch_worst_case(self, logps: Sequence[torch.Tensor], mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The follower (DESIGN 1.2, paper Alg. 1 step 3) on this step's margins from every process.
@@ -546,6 +383,20 @@ class SGPODPOTrainer(DPOTrainer):
         if mode == "train":
             self._total_train_tokens += gather(inputs["attention_mask"].sum()).sum().item() // self._tp_size
         metrics["num_tokens"] = [self._total_train_tokens]
+        chosen_mask, rejected_mask = mask.bool().chunk(2)
+        if getattr(outputs, "mean_logits", None) is not None:
+            chosen_logits, rejected_logits = outputs.mean_logits[:, -seq_len:].chunk(2)
+            for name, values, rows in (
+                ("chosen", chosen_logits, chosen_mask),
+                ("rejected", rejected_logits, rejected_mask),
+            ):
+                total = gather(values[rows].sum()).sum().item()
+                count = gather(rows.sum()).sum().item()
+                metrics[f"logits/{name}"].append(total / count if count > 0 else 0.0)
+        if getattr(outputs, "is_top1", None) is not None:
+            correct = gather((outputs.is_top1[:, -seq_len:].chunk(2)[0] & chosen_mask).sum()).sum()
+            total = gather(chosen_mask.sum()).sum()
+            metrics["mean_token_accuracy"].append((correct / total).item() if total > 0 else 0.0)
         chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps = (t.detach() for t in logps)
         # TRL's implicit rewards beta * s(y), whatever the loss type
         chosen_rewards = self.accelerator.gather(self.beta * (chosen_logps - ref_chosen_logps))

@@ -70,12 +70,15 @@ def _linear_token_logps(
     labels: torch.Tensor,
     ignore_index: int,
     chunk_tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_sum_sq: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     check_labels(labels, weight.shape[0], ignore_index)
     dtype = compute_dtype(hidden, weight)
     vocab = weight.shape[0]
     token = torch.zeros(labels.shape, dtype=dtype, device=hidden.device)
     lse = torch.zeros(labels.shape, dtype=dtype, device=hidden.device)
+    # WPO's log sum_v p_v^2 per token: sum_v exp(2 (x_v - m)) rides along the online softmax
+    sum_sq = torch.zeros(labels.shape if with_sum_sq else 0, dtype=dtype, device=hidden.device)
     rows = valid_rows(labels, ignore_index)
     for first in range(0, rows.numel(), chunk_tokens):
         chunk = rows[first : first + chunk_tokens]
@@ -83,6 +86,7 @@ def _linear_token_logps(
         n_tokens = chunk.numel()
         block = _vocab_block(n_tokens, vocab)
         tiles = _Tiles(n_tokens, block, weight, dtype)
+        running_sq = torch.zeros(n_tokens, dtype=dtype, device=hidden.device)
         running_max = torch.full((n_tokens,), -torch.inf, dtype=dtype, device=hidden.device)
         running_sum = torch.zeros(n_tokens, dtype=dtype, device=hidden.device)
         label_logit = torch.zeros(n_tokens, dtype=dtype, device=hidden.device)
@@ -93,12 +97,17 @@ def _linear_token_logps(
             picked = x.gather(1, (chunk_labels - start).clamp_(0, stop - start - 1).unsqueeze(1)).squeeze(1)
             label_logit = torch.where(inside, picked, label_logit)
             new_max = torch.maximum(running_max, x.amax(1))
-            block_sum = x.sub_(new_max.unsqueeze(1)).exp_().sum(1)
-            running_sum = running_sum * torch.exp(running_max - new_max) + block_sum
+            exps = x.sub_(new_max.unsqueeze(1)).exp_()
+            rescale = torch.exp(running_max - new_max)
+            running_sum = running_sum * rescale + exps.sum(1)
+            if with_sum_sq:
+                running_sq = running_sq * rescale.square() + exps.square_().sum(1)
             running_max = new_max
         chunk_lse = running_max + running_sum.log()
         token[chunk], lse[chunk] = label_logit - chunk_lse, chunk_lse
-    return token, lse
+        if with_sum_sq:
+            sum_sq[chunk] = running_sq.log() - 2 * running_sum.log()
+    return token, lse, sum_sq
 
 
 @_linear_token_logps.register_fake
@@ -109,9 +118,11 @@ def _(
     labels: torch.Tensor,
     ignore_index: int,
     chunk_tokens: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    with_sum_sq: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dtype = compute_dtype(hidden, weight)
-    return hidden.new_empty(labels.shape, dtype=dtype), hidden.new_empty(labels.shape, dtype=dtype)
+    sum_sq = hidden.new_empty(labels.shape if with_sum_sq else 0, dtype=dtype)
+    return hidden.new_empty(labels.shape, dtype=dtype), hidden.new_empty(labels.shape, dtype=dtype), sum_sq
 
 
 @torch.library.custom_op("sgpo::linear_token_logps_backward", mutates_args=())
@@ -205,14 +216,16 @@ class LinearTokenLogps(torch.autograd.Function):
         labels: torch.Tensor,
         ignore_index: int,
         chunk_tokens: int,
-    ) -> torch.Tensor:
-        token, lse = _linear_token_logps(hidden, weight, bias, labels, ignore_index, chunk_tokens)
+        with_sum_sq: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        token, lse, sum_sq = _linear_token_logps(hidden, weight, bias, labels, ignore_index, chunk_tokens, with_sum_sq)
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.ignore_index, ctx.chunk_tokens = ignore_index, chunk_tokens
-        return token
+        ctx.mark_non_differentiable(sum_sq)
+        return token, sum_sq
 
     @staticmethod
-    def backward(ctx, grad_token: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    def backward(ctx, grad_token: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden, grad_weight, grad_bias = _linear_token_logps_backward(
@@ -222,6 +235,7 @@ class LinearTokenLogps(torch.autograd.Function):
             grad_hidden if need_hidden else None,
             grad_weight if need_weight else None,
             grad_bias if need_bias else None,
+            None,
             None,
             None,
             None,
@@ -236,10 +250,13 @@ def fused_linear_token_logps(
     bias: torch.Tensor | None = None,
     ignore_index: int = -100,
     chunk_tokens: int | None = None,
-) -> torch.Tensor:
+    log_sum_sq_probs: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token label log-probs (B, T) of ``hidden @ weight.T + bias``, 0 at ignored positions.
 
-    The (B, T, V) logits never exist: see :func:`fused_linear_sequence_logps`.
+    The (B, T, V) logits never exist: see :func:`fused_linear_sequence_logps`. ``log_sum_sq_probs=True`` returns
+    ``(log_probs, log_sum_sq)`` with each counted token's log sum_v p_v^2 (WPO's weights, arXiv 2406.11827 eq. 2) from
+    the same pass, without gradient, 0 at ignored positions.
     """
     if hidden.dim() != 3:
         raise ValueError(f"hidden: expected shape (B, T, H), got {tuple(hidden.shape)}")
@@ -254,9 +271,17 @@ def fused_linear_token_logps(
     elif not (isinstance(chunk_tokens, int) and chunk_tokens >= 1):
         raise ValueError(f"chunk_tokens: expected an integer >= 1, got {chunk_tokens!r}")
     batch, seq_len, width = hidden.shape
-    token = LinearTokenLogps.apply(
-        hidden.reshape(batch * seq_len, width), weight, bias, labels.reshape(-1), ignore_index, chunk_tokens
+    token, sum_sq = LinearTokenLogps.apply(
+        hidden.reshape(batch * seq_len, width),
+        weight,
+        bias,
+        labels.reshape(-1),
+        ignore_index,
+        chunk_tokens,
+        log_sum_sq_probs,
     )
+    if log_sum_sq_probs:
+        return token.view(batch, seq_len), sum_sq.view(batch, seq_len)
     return token.view(batch, seq_len)
 
 

@@ -1,8 +1,11 @@
-"""Per-pair preference losses (DESIGN 1.1): the fused Triton kernel on GPU, the reference formulas elsewhere.
+"""Per-pair preference losses (DESIGN 1.1, docs/loss-types.md): the fused Triton kernel on GPU, the reference formulas
+elsewhere.
 
 The Triton path is one ``torch.library.custom_op`` (with ``register_fake`` for ``torch.compile``) that returns each
 pair's loss and its derivatives with respect to the chosen and rejected log-probs; the autograd Function on top turns
-them into gradients. The PyTorch path is :func:`sgpo.reference.preference_losses_reference` itself, under autograd.
+them into gradients. The batch-coupled ``aot`` losses sort the batch in PyTorch (the gradient follows the sort) and
+then take the kernel's sigmoid branch. The PyTorch path is :func:`sgpo.reference.preference_losses_reference` itself,
+under autograd.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 
 from sgpo.ops.dispatch import choose_backend
 from sgpo.reference import (
+    REFERENCE_FREE,
     PreferenceLosses,
     _vector,
     _worst_case_tensors,
@@ -34,7 +38,7 @@ def _check_values(
         if p is not None and not bool(((p >= 0) & (p <= 1)).all()):
             raise ValueError(f"{name}: win probabilities must lie in [0, 1]")
     if chosen_lengths is not None and (bool((chosen_lengths <= 0).any()) or bool((rejected_lengths <= 0).any())):
-        raise ValueError("chosen_lengths: every response length must be > 0 for length-normalised ipo")
+        raise ValueError("chosen_lengths: every response length must be > 0 for length normalisation")
     if pair_weights is not None and not bool((torch.isfinite(pair_weights) & (pair_weights >= 0)).all()):
         raise ValueError("weights: per-pair weights must be finite and >= 0")
 
@@ -56,6 +60,10 @@ def _pair_losses(
     beta: float,
     label_smoothing: float,
     space: str,
+    f_divergence_type: str,
+    f_alpha_divergence_coef: float,
+    discopop_tau: float,
+    margin: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_values(chosen_win_prob, rejected_win_prob, pair_weights, chosen_lengths, rejected_lengths)
     from sgpo.kernels.preference import preference_pair_losses
@@ -76,6 +84,10 @@ def _pair_losses(
         beta,
         label_smoothing,
         space,
+        f_divergence_type,
+        f_alpha_divergence_coef,
+        discopop_tau,
+        margin,
     )
 
 
@@ -110,11 +122,21 @@ class PairLosses(torch.autograd.Function):
         return (*(g.to(dtype) for g, dtype in zip(grads, ctx.dtypes)), *([None] * ctx.n_extras))
 
 
+def _sorted_margins(
+    loss_type: str, logps: tuple[torch.Tensor, ...], dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AOT's (policy side, reference side) of the sorted comparison; their difference is the loss's margin."""
+    chosen, rejected, ref_chosen, ref_rejected = (t.to(dtype) for t in logps)
+    if loss_type == "aot":
+        return torch.sort(chosen - rejected).values, torch.sort(ref_chosen - ref_rejected).values
+    return torch.sort(chosen - ref_chosen).values, torch.sort(rejected - ref_rejected).values
+
+
 def preference_losses(
     chosen_logps: torch.Tensor,
     rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor,
-    ref_rejected_logps: torch.Tensor,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
     *,
     loss_type: str = "sigmoid",
     beta: float = 0.1,
@@ -126,6 +148,10 @@ def preference_losses(
     weights: Any = None,
     chosen_lengths: Any = None,
     rejected_lengths: Any = None,
+    f_divergence_type: str = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
+    discopop_tau: float = 0.05,
+    simpo_gamma: float = 0.5,
 ) -> PreferenceLosses:
     """Per-pair losses (times ``weights`` when given) and the implicit rewards beta * s; see :func:`preference_loss`.
 
@@ -143,6 +169,10 @@ def preference_losses(
         weights=weights,
         chosen_lengths=chosen_lengths,
         rejected_lengths=rejected_lengths,
+        f_divergence_type=f_divergence_type,
+        f_alpha_divergence_coef=f_alpha_divergence_coef,
+        discopop_tau=discopop_tau,
+        simpo_gamma=simpo_gamma,
     )
     validate_preference_args(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, **kwargs)
     logps = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps)
@@ -151,6 +181,10 @@ def preference_losses(
         return preference_losses_reference(*logps, **kwargs)
 
     batch, device = chosen_logps.shape[0], chosen_logps.device
+    if loss_type in REFERENCE_FREE:
+        # the kernel reads log-ratios: a zero reference makes them the log-probs
+        zeros = torch.zeros(batch, dtype=dtype, device=device)
+        logps = (chosen_logps, rejected_logps, zeros, zeros)
 
     def vector(name: str, value: Any) -> torch.Tensor:
         return _vector(name, value, batch, dtype, device)
@@ -173,49 +207,41 @@ def preference_losses(
                 f"{name}: got a tensor that requires grad; the fused kernel differentiates the log-probs only "
                 "(detach it, or set SGPO_KERNELS=torch for the reference path)"
             )
-    losses = PairLosses.apply(*logps, *data, loss_type, float(beta), float(label_smoothing), space)
-    s_w = chosen_logps.to(dtype) - ref_chosen_logps.to(dtype)
-    s_l = rejected_logps.to(dtype) - ref_rejected_logps.to(dtype)
+    kernel_type, kernel_logps = loss_type, logps
+    if loss_type in ("aot", "aot_unpaired"):
+        policy_side, reference_side = _sorted_margins(loss_type, logps, dtype)
+        zeros = torch.zeros_like(policy_side)
+        kernel_type, kernel_logps = "sigmoid", (policy_side, zeros, reference_side, zeros)
+    # sft reads the chosen log-probs themselves: no f-divergence applies to them
+    divergence = "reverse_kl" if loss_type == "sft" else f_divergence_type
+    margin = simpo_gamma if loss_type == "simpo" else 0.0
+    options = (float(f_alpha_divergence_coef), float(discopop_tau), float(margin))
+    losses = PairLosses.apply(
+        *kernel_logps, *data, kernel_type, float(beta), float(label_smoothing), space, divergence, *options
+    )
+    s_w = logps[0].to(dtype) - logps[2].to(dtype)
+    s_l = logps[1].to(dtype) - logps[3].to(dtype)
+    if loss_type in ("simpo", "cpo", "orpo") and lengths[0] is not None:
+        s_w, s_l = s_w / lengths[0], s_l / lengths[1]
     return PreferenceLosses(losses, (beta * s_w).detach(), (beta * s_l).detach())
 
 
 def preference_loss(
     chosen_logps: torch.Tensor,
     rejected_logps: torch.Tensor,
-    ref_chosen_logps: torch.Tensor,
-    ref_rejected_logps: torch.Tensor,
-    *,
-    loss_type: str = "sigmoid",
-    beta: float = 0.1,
-    label_smoothing: float = 0.0,
-    chosen_win_prob: Any = None,
-    rejected_win_prob: Any = None,
-    worst_case: Any = None,
-    space: str = "probability",
-    weights: Any = None,
-    chosen_lengths: Any = None,
-    rejected_lengths: Any = None,
+    ref_chosen_logps: torch.Tensor | None = None,
+    ref_rejected_logps: torch.Tensor | None = None,
+    **options: Any,
 ) -> torch.Tensor:
-    """Mean over pairs of the ``loss_type`` loss of DESIGN 1.1 (each pair's loss times ``weights`` when given).
+    """Mean over pairs of the ``loss_type`` loss (each pair's loss times ``weights`` when given).
 
-    ``sppo`` needs ``chosen_win_prob``/``rejected_win_prob``; ``ssapo`` needs ``worst_case`` (a
-    :class:`sgpo.WorstCase` or a (weights, shifts) pair of (B, K) arrays) and its ``space``; ``ipo`` with
-    ``chosen_lengths``/``rejected_lengths`` is the length-normalised variant. ``sigmoid`` with
-    ``label_smoothing`` > 0 is conservative DPO; ``robust`` is rDPO.
+    Keyword options, as :func:`preference_losses` takes them: ``loss_type`` (one of :data:`sgpo.ops.LOSS_TYPES`; the
+    formulas and papers are in docs/loss-types.md), ``beta``, ``label_smoothing`` (cDPO for ``sigmoid``, the flip rate
+    for ``robust``, EXO's epsilon for ``exo_pair``), ``chosen_win_prob``/``rejected_win_prob`` (``sppo``),
+    ``worst_case`` and ``space`` (``ssapo``), ``weights``, ``chosen_lengths``/``rejected_lengths`` (length
+    normalisation: ``ipo``, ``sigmoid_norm``, ``simpo``, ``cpo``, ``orpo``; ``sft`` divides its NLL by them),
+    ``f_divergence_type``/``f_alpha_divergence_coef`` (f-DPO), ``discopop_tau`` and ``simpo_gamma``. The
+    reference-free losses (``sft``, ``simpo``, ``cpo``, ``orpo``) take ``None`` for the reference log-probs.
     """
-    return preference_losses(
-        chosen_logps,
-        rejected_logps,
-        ref_chosen_logps,
-        ref_rejected_logps,
-        loss_type=loss_type,
-        beta=beta,
-        label_smoothing=label_smoothing,
-        chosen_win_prob=chosen_win_prob,
-        rejected_win_prob=rejected_win_prob,
-        worst_case=worst_case,
-        space=space,
-        weights=weights,
-        chosen_lengths=chosen_lengths,
-        rejected_lengths=rejected_lengths,
-    ).losses.mean()
+    out = preference_losses(chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, **options)
+    return out.losses.mean()
