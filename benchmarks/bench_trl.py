@@ -200,9 +200,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         if trainer.ref_model is not None:
             phases.hook_module(trainer.ref_model.get_decoder(), "reference")
         import sgpo.integrations.shared_prompt as shared
+        import sgpo.integrations.trl as sgpo_trl
         import trl.trainer.utils as trl_utils
 
-        phases.wrap(shared, "head_sequence_logps", "head forward")
+        # the fused head, wherever sgpo calls it from (each module holds its own reference to the function)
+        phases.wrap(shared, "head_token_logps", "head forward")
+        phases.wrap(sgpo_trl, "head_token_logps", "head forward")
         phases.wrap(trl_utils._ChunkedLogProbFunction, "apply", "head forward")
         phases.wrap(trainer.accelerator, "backward", "backward", split_reference=False)
         phases.wrap(trainer, "training_step", "training step", split_reference=False)

@@ -44,7 +44,23 @@ ARCHS = tuple(SHARED_LIMITS)
 # Vocabulary sizes of the models users train: Llama 2 / Mistral, SmolLM2, Llama 3, Qwen2 / Qwen2.5.
 VOCABS = {"Llama-2": 32_000, "SmolLM2": 49_152, "Llama-3": 128_256, "Qwen2": 151_936}
 LOGITS_DTYPES = ("float32", "bfloat16", "float16")
+# DESIGN 1.1's losses in every input dtype; the kernel's other per-pair types (TRL's table, SimPO, CPO, ORPO; aot sorts
+# the batch in PyTorch and reuses the sigmoid branch) and the f-divergence branches in bfloat16, the training dtype.
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "sppo_hard", "sppo", "ssapo")
+MORE_LOSS_TYPES = (
+    "exo_pair",
+    "nca_pair",
+    "bco_pair",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+    "simpo",
+    "cpo",
+    "orpo",
+)
+F_DIVERGENCES = ("forward_kl", "js_divergence", "alpha_divergence")
 # The paper's K = 6, one piece, and wider worst cases: BLOCK_K 8, 1, 16 and 64.
 PIECES = (6, 1, 16, 64)
 
@@ -224,6 +240,37 @@ def _preference_cases(dtypes: tuple[str, ...], pieces: tuple[int, ...]) -> list[
                             if with_lengths:
                                 parts.append("lengths")
                             cases.append(TritonCase("preference", " ".join(parts), name, None, launch))
+    return cases + _more_preference_cases()
+
+
+def _more_preference_cases() -> list[TritonCase]:
+    """The kernel's other per-pair branches and the f-divergences of the sigmoid branch, bfloat16, with and without
+    per-pair weights (and lengths where the loss normalises by them)."""
+    import torch
+    from sgpo.kernels.preference import preference_pair_losses
+    from sgpo.loss_args import LENGTH_NORMALISED
+
+    batch, dtype = 64, torch.bfloat16
+    branches = [(t, "reverse_kl") for t in MORE_LOSS_TYPES] + [("sigmoid", f) for f in F_DIVERGENCES]
+    cases = []
+    for loss_type, divergence in branches:
+        for weighted in (False, True):
+
+            def launch(loss_type: str = loss_type, divergence: str = divergence, weighted: bool = weighted) -> None:
+                def vec() -> torch.Tensor:
+                    return torch.empty(batch, dtype=dtype, device="meta")
+
+                lens = (vec(), vec()) if loss_type in LENGTH_NORMALISED else (None, None)
+                smoothing = 0.1 if loss_type == "exo_pair" else 0.0
+                preference_pair_losses(
+                    vec(), vec(), vec(), vec(), None, None, None, None, vec() if weighted else None, *lens,
+                    loss_type, 0.1, smoothing, "probability", f_divergence_type=divergence,
+                )  # fmt: skip
+
+            parts = (
+                [loss_type] + ([divergence] if divergence != "reverse_kl" else []) + (["weights"] if weighted else [])
+            )
+            cases.append(TritonCase("preference", " ".join(parts), "bfloat16", None, launch))
     return cases
 
 
