@@ -144,11 +144,15 @@ trainer = SGPODPOTrainer(
     processing_class=AutoTokenizer.from_pretrained(model_dir),
 )
 assert trainer.is_fsdp_enabled and trainer.accelerator.is_fsdp2
+shapes = []
+decoder = trainer.model.get_decoder()
+decoder.register_forward_pre_hook(lambda m, a, kw: shapes.append(list(kw["input_ids"].shape)), with_kwargs=True)
 trainer.train()
 state = trainer.accelerator.get_state_dict(trainer.model)
 if trainer.accelerator.is_main_process:
     result = {
         "processes": trainer.accelerator.num_processes,
+        "decoder_inputs": shapes,
         "logs": [entry for entry in trainer.state.log_history if "loss" in entry],
         "params": {name: p.tolist() for name, p in state.items()},
     }
@@ -194,6 +198,9 @@ def test_trl_trainer_under_fsdp_matches_one_process(tiny_model_dir: Path, tmp_pa
     assert done.returncode == 0, launch_output(done)
     fsdp = json.loads((tmp_path / "fsdp" / "result.json").read_text())
     assert fsdp["processes"] == 2
+    # sgpo's packed forward under FSDP2: per step, one decoder call (the policy's) and one of the reference, each with
+    # at most one row per pair (TRL's layout has two)
+    assert fsdp["decoder_inputs"] and all(rows <= 4 for rows, _ in fsdp["decoder_inputs"]), fsdp["decoder_inputs"]
 
     torch.set_num_threads(1)
     single = SGPODPOTrainer(

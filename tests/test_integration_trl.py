@@ -378,10 +378,14 @@ trainer = SGPODPOTrainer(
     train_dataset=Dataset.from_dict(rows),
     processing_class=AutoTokenizer.from_pretrained(model_dir),
 )
+shapes = []
+decoder = trainer.model.get_decoder()
+decoder.register_forward_pre_hook(lambda m, a, kw: shapes.append(list(kw["input_ids"].shape)), with_kwargs=True)
 trainer.train()
 if trainer.accelerator.is_main_process:
     result = {
         "processes": trainer.accelerator.num_processes,
+        "decoder_inputs": shapes,
         "logs": [entry for entry in trainer.state.log_history if "loss" in entry],
         "params": {name: p.detach().tolist() for name, p in trainer.model.named_parameters()},
     }

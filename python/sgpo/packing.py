@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -222,14 +223,66 @@ def packed_hidden_states(decoder: nn.Module, packed: PackedPairs) -> torch.Tenso
     return hidden.reshape(-1, hidden.shape[-1])[packed.sources]
 
 
+def packed_token_logps(
+    decoder: nn.Module, head: nn.Linear, packed: PackedPairs, *, log_sum_sq_probs: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs (2 * pairs, width) of ``packed``'s responses, chosen rows over rejected rows, 0 past each
+    response's end (``packed.targets == -100``), through one forward of ``decoder`` (the model's base, as
+    :func:`sgpo.integrations.shared_prompt.decoder_and_head` finds it) and ``head``; with ``log_sum_sq_probs`` also
+    WPO's log sum_v p_v^2 per token, without gradient."""
+    from sgpo.lm_head import head_token_logps
+
+    return head_token_logps(
+        head, packed_hidden_states(decoder, packed), packed.targets, log_sum_sq_probs=log_sum_sq_probs
+    )
+
+
 def packed_sequence_logps(
     decoder: nn.Module, head: nn.Linear, packed: PackedPairs
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) summed log-probs, (pairs,) float32 each, of ``packed`` through one forward of ``decoder``
-    (the model's base, as :func:`sgpo.integrations.shared_prompt.decoder_and_head` finds it) and ``head``."""
-    from sgpo.pipeline.distributed import head_sequence_logps
+    """(chosen, rejected) summed log-probs, (pairs,) float32 each, of ``packed`` (see :func:`packed_token_logps`)."""
+    token, _ = packed_token_logps(decoder, head, packed)
+    logps = token.sum(dim=1)
+    return logps[: packed.num_pairs], logps[packed.num_pairs :]
 
-    hidden = packed_hidden_states(decoder, packed)
-    logps = head_sequence_logps(head, hidden, packed.targets)
-    n = packed.num_pairs
-    return logps[:n], logps[n:]
+
+_PACKED = "sgpo_packed"
+
+
+def install_packed_forward(model: nn.Module) -> nn.Module:
+    """Let ``model(sgpo_packed=packed)`` return :func:`packed_token_logps` of ``packed`` from inside the model's own
+    forward, so that the wrappers around it (DDP, FSDP2, PEFT, ``accelerate``'s autocast) and their hooks see one
+    ordinary call; ``log_sum_sq_probs=True`` adds WPO's per-token term. Any other call runs the original forward.
+
+    ``model`` is a causal LM whose (decoder, head) :func:`sgpo.integrations.shared_prompt.decoder_and_head` finds,
+    or its PEFT wrapper (the patch goes on the base model, which PEFT's forward calls with the keyword arguments it
+    does not know). Idempotent; returns the patched module.
+    """
+    from sgpo.integrations.shared_prompt import decoder_and_head
+
+    if decoder_and_head(model) is None:
+        raise ValueError(
+            f"model: packed pairs need a plain causal LM (a decoder and a linear head, no virtual tokens, no rescaled "
+            f"logits), got {type(model).__name__}"
+        )
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.forward, "_sgpo_packed", False):
+        return base
+    original = base.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        packed = kwargs.pop(_PACKED, None)
+        if packed is None:
+            return original(*args, **kwargs)
+        log_sum_sq_probs = bool(kwargs.pop("log_sum_sq_probs", False))
+        # what a PEFT wrapper adds to the call (its own defaults) is not the packed forward's business
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        if args or kwargs:
+            raise TypeError(f"model(sgpo_packed=...) takes no other arguments, got {sorted(kwargs) or len(args)}")
+        # looked up on each call: FSDP and PEFT replace modules after the patch
+        decoder, head = decoder_and_head(base)
+        return packed_token_logps(decoder, head, packed, log_sum_sq_probs=log_sum_sq_probs)
+
+    forward._sgpo_packed = True  # type: ignore[attr-defined]
+    base.forward = forward
+    return base

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-import sgpo
+from sgpo.lm_head import head_token_logps
 
 # config attributes by which a model rescales or caps its logits; sgpo's head op applies neither
 _LOGIT_TRANSFORMS = (
@@ -90,7 +90,9 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
         return None
     head = model.get_output_embeddings()
     decoder = getattr(model, "base_model", None)
-    if type(head) is not nn.Linear or decoder is None or decoder is model:
+    # a plain linear head, also as FSDP2's sharded subclass of it; not a LoRA-wrapped or otherwise custom head
+    plain = isinstance(head, nn.Linear) and type(head).forward is nn.Linear.forward
+    if not plain or decoder is None or decoder is model:
         return None
     return decoder, head
 
@@ -98,32 +100,6 @@ def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
 def _cache_argument(decoder: nn.Module) -> str:
     # transformers 5.x renamed past_key_values to cache (the old name warns until 5.40, then goes)
     return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
-
-
-def head_token_logps(
-    head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, *, log_sum_sq_probs: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs (and WPO's log sum_v p_v^2, without gradient) of ``hidden`` through the linear ``head``.
-
-    Under FSDP2 a resharded head's weight is a DTensor: the op then runs as the head's own forward, where FSDP gathers
-    the weight and registers the hooks that reduce-scatter its gradient (as
-    :func:`sgpo.pipeline.distributed.head_sequence_logps` does for sequence sums).
-    """
-    from torch.distributed.tensor import DTensor
-
-    def forward(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        out = sgpo.ops.fused_linear_token_logps(
-            h, head.weight, labels, bias=head.bias, log_sum_sq_probs=log_sum_sq_probs
-        )
-        return out if log_sum_sq_probs else (out, None)
-
-    if not isinstance(head.weight, DTensor):
-        return forward(hidden)
-    head.forward = forward
-    try:
-        return head(hidden)
-    finally:
-        del head.forward
 
 
 @dataclass(frozen=True)

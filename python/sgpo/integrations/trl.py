@@ -7,11 +7,10 @@ the reference log-probs (a reference model, the PEFT adapter disabled, or ``prec
 ``rewards/*``, ``logps/*``, ``logits/*``, ``entropy`` and ``mean_token_accuracy`` metrics. Every loss type and option
 of TRL 1.16's ``DPOTrainer`` is accepted with its name and default (:class:`SGPODPOConfig`) and computed by
 :func:`sgpo.ops.preference_losses` (:mod:`sgpo.integrations.trl_losses`). ``logps_backend="sgpo"`` swaps TRL's
-log-prob head for :func:`sgpo.ops.fused_linear_token_logps`, projecting response tokens only, and (on one process,
-without gradient checkpointing) forwards each pair's prompt once for both responses
-(:mod:`sgpo.integrations.shared_prompt`), for the policy and the reference alike. Where the loss is a mean of per-pair
-terms (every loss but ssapo's ``"batch"`` follower, the sorted ``aot`` losses, and ``sft`` under WPO), a training
-step then runs forward and backward one pair at a time, so only one pair's activations are held at once.
+log-prob head for :func:`sgpo.ops.fused_linear_token_logps`, projecting response tokens only, and forwards each pair's
+prompt once for both responses, for the policy and the reference alike (:mod:`sgpo.integrations.trl_forward`): packed
+into one ordinary forward with a prefix-sharing mask (any number of processes, DDP, FSDP2, gradient checkpointing), or
+on one process pair by pair, forward and backward one pair at a time, where the loss is a mean of per-pair terms.
 
 ``ssapo`` runs in one of two modes (``SGPODPOConfig.ssapo_worst_case``):
 
@@ -37,12 +36,8 @@ from accelerate.utils import is_peft_model
 
 import sgpo
 from sgpo.integrations.shared_prompt import (
-    Pair,
     TokenLogps,
-    decoder_and_head,
     head_token_logps,
-    pairs_token_logps,
-    split_pairs,
 )
 from sgpo.integrations.trl_columns import WIN_PROB_COLUMNS, WithLossColumns, add_worst_case_columns, loss_columns
 from sgpo.integrations.trl_config import (
@@ -53,6 +48,7 @@ from sgpo.integrations.trl_config import (
     SGPODPOConfig,
     use_adapter,
 )
+from sgpo.integrations.trl_forward import TRL_NON_MODEL_KEYS, PromptSharingForward
 from sgpo.integrations.trl_losses import (
     PairBatch,
     Tokens,
@@ -61,7 +57,6 @@ from sgpo.integrations.trl_losses import (
     loss_logps,
     loss_options,
     sequence_logps,
-    uses_pairs_jointly,
     wpo_weights,
 )
 from sgpo.pipeline.distributed import enable_cpu_fsdp
@@ -78,13 +73,8 @@ __all__ = [
     "loss_columns",
 ]
 
-# batch keys the trainer itself consumes; everything else in a collated batch goes to the model's forward
-_TRL_NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
-# a batch with any other key (pixel values, token type ids) takes the model's own forward
-_SHARED_PROMPT_KEYS = _TRL_NON_MODEL_KEYS | {"input_ids", "attention_mask"}
 
-
-class SGPODPOTrainer(DPOTrainer):
+class SGPODPOTrainer(PromptSharingForward, DPOTrainer):
     """TRL's ``DPOTrainer`` with the loss computed by :func:`sgpo.ops.preference_losses`.
 
     Takes the same arguments as ``trl.DPOTrainer``; ``args`` must be an :class:`SGPODPOConfig`. Logs TRL's metrics
@@ -150,92 +140,14 @@ class SGPODPOTrainer(DPOTrainer):
         shared = self._shared_prompt(model, inputs)
         if shared is None:
             return super().compute_ref_log_probs(model, inputs)
-        pairs, parts = shared
         adapter = contextlib.nullcontext()
         if self.ref_model is None and is_peft_model(self.model):
             # TRL's reference under PEFT: the adapter named "ref" when there is one, else every adapter disabled
             unwrapped = self.accelerator.unwrap_model(self.model)
             adapter = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
         with torch.no_grad(), adapter, self.accelerator.autocast():
-            tokens = pairs_token_logps(model, pairs, parts)
+            tokens = self._sgpo_tokens(model, *shared)
         return sequence_logps(tokens, self.ld_alpha).chunk(2)
-
-    def _shared_prompt(self, model: Any, inputs: Mapping[str, Any]) -> tuple[list[Pair], Any] | None:
-        """The batch's pairs and ``model``'s (decoder, head) when the prompt-sharing forward applies, else None.
-
-        It needs ``logps_backend="sgpo"``, one process (a DDP or FSDP wrapper's hooks expect one forward per
-        backward), no gradient checkpointing (it turns the cache off), no MoE auxiliary loss (it is not per pair), a
-        plain causal LM (:func:`sgpo.integrations.shared_prompt.decoder_and_head`) and a text batch in TRL's layout.
-        """
-        if (
-            self.args.logps_backend != "sgpo"
-            or self.accelerator.num_processes > 1
-            or self.is_deepspeed_enabled
-            or self.is_fsdp_enabled
-            or self.args.gradient_checkpointing
-            or self.aux_loss_enabled
-            or set(inputs) - _SHARED_PROMPT_KEYS - set(self._sgpo_columns)
-        ):
-            return None
-        parts = decoder_and_head(self.accelerator.unwrap_model(model))
-        if parts is None:
-            return None
-        pairs = split_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
-        return None if pairs is None else (pairs, parts)
-
-    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
-        if uses_pairs_jointly(self.args):
-            return super().training_step(model, inputs, num_items_in_batch)
-        # on the device first, so the pairs' token ids are views of what the model will see
-        inputs = self._prepare_inputs(inputs)
-        shared = self._shared_prompt(model, inputs)
-        if shared is None:
-            return super().training_step(model, inputs, num_items_in_batch)
-        pairs, parts = shared
-        # TRL's activation offloading, where this TRL release has it
-        with getattr(self, "maybe_activation_offload_context", contextlib.nullcontext()):
-            model.train()
-            if callable(getattr(self.optimizer, "train", None)):
-                self.optimizer.train()
-            # the scaling transformers' Trainer.training_step applies to the loss before its backward
-            scaled = getattr(self, "loss_is_scaled_for_ga", None)
-            if scaled is None:
-                scaled = (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or (
-                    self.compute_loss_func is not None
-                )
-            scale = 1.0 if scaled else 1.0 / self.current_gradient_accumulation_steps
-            with self.compute_loss_context_manager():
-                return self._pair_by_pair_step(model, inputs, pairs, parts, scale)
-
-    def _pair_by_pair_step(
-        self, model: Any, inputs: dict[str, Any], pairs: list[Pair], parts: Any, scale: float
-    ) -> torch.Tensor:
-        """Forward and backward one pair at a time: the gradient of the batch's mean loss, one pair's activations."""
-        ref_chosen_logps, ref_rejected_logps = self._reference_logps(inputs)
-        lengths, sft_tokens = self._lengths(inputs["completion_mask"])
-        n = len(pairs)
-        total, chosen_logps, rejected_logps = 0.0, [], []
-        for i, pair in enumerate(pairs):
-            rows = slice(i, i + 1)
-            tokens = pairs_token_logps(model, [pair], parts, log_sum_sq_probs=self.use_weighting)
-            chosen, rejected = sequence_logps(tokens, self.ld_alpha).chunk(2)
-            batch = PairBatch(
-                logps=(chosen, rejected, ref_chosen_logps[rows], ref_rejected_logps[rows]),
-                chosen_nll_logps=chosen_sums(tokens),
-                lengths=(lengths[0][rows], lengths[1][rows]),
-                sft_tokens=sft_tokens,
-                wpo=wpo_weights(tokens) if self.use_weighting else None,
-                columns={key: inputs[key][rows] for key in self._sgpo_columns},
-            )
-            loss = self._loss(batch, "train", torch.sum)
-            self.accelerator.backward(loss * (scale / n))
-            total = total + loss.detach()
-            chosen_logps.append(chosen.detach())
-            rejected_logps.append(rejected.detach())
-        logps = (torch.cat(chosen_logps), torch.cat(rejected_logps), ref_chosen_logps, ref_rejected_logps)
-        seq_len = inputs["completion_mask"].size(1) - 1
-        self._log_metrics("train", inputs, None, seq_len, logps)
-        return total * (scale / n)
 
     def _policy_tokens(
         self, model: Any, inputs: Mapping[str, Any], model_kwargs: dict[str, Any], labels: torch.Tensor
@@ -247,7 +159,7 @@ class SGPODPOTrainer(DPOTrainer):
         seq_len = mask.size(1)
         shared = self._shared_prompt(model, inputs)
         if shared is not None:
-            return pairs_token_logps(model, *shared, log_sum_sq_probs=self.use_weighting), None
+            return self._sgpo_tokens(model, *shared), None
         if self.args.logps_backend == "trl":
             outputs = model(**model_kwargs, labels=labels, fused_lm_head=True)
             log_sum_sq = outputs.log_sum_sq_probs[:, -seq_len:] if self.use_weighting else None
@@ -263,7 +175,7 @@ class SGPODPOTrainer(DPOTrainer):
         self, model: Any, inputs: dict[str, Any], return_outputs: bool = False, num_items_in_batch: Any = None
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         mode = "train" if self.model.training else "eval"
-        skip = _TRL_NON_MODEL_KEYS | set(self._sgpo_columns)
+        skip = TRL_NON_MODEL_KEYS | set(self._sgpo_columns)
         model_kwargs = {k: v for k, v in inputs.items() if k not in skip}
         model_kwargs["use_cache"] = False
         if self.aux_loss_enabled:

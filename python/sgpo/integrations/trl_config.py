@@ -52,6 +52,16 @@ class SGPODPOConfig(DPOConfig):
             "choices": list(LOGPS_BACKENDS),
         },
     )
+    pair_by_pair: bool | None = field(
+        default=None,
+        metadata={
+            "help": "With logps_backend='sgpo': True runs forward and backward one pair at a time, each prompt through "
+            "a key/value cache (one process, no gradient checkpointing, a loss that is a mean of per-pair terms); "
+            "False packs every pair of the batch as [prompt, chosen, rejected] into one forward with a "
+            "prefix-sharing attention mask (any number of processes, DDP, FSDP2, gradient checkpointing). "
+            "Default: pair by pair where it applies, packed elsewhere."
+        },
+    )
     gradient_checkpointing: bool | None = field(
         default=None,
         metadata={
@@ -109,6 +119,16 @@ class SGPODPOConfig(DPOConfig):
         super().__post_init__()
         if self.logps_backend not in LOGPS_BACKENDS:
             raise ValueError(f"logps_backend: expected one of {', '.join(LOGPS_BACKENDS)}, got {self.logps_backend!r}")
+        if self.pair_by_pair is not None and self.logps_backend != "sgpo":
+            raise ValueError(
+                f"pair_by_pair: {self.pair_by_pair} chooses between sgpo's two forwards, which need "
+                f"logps_backend='sgpo', got logps_backend={self.logps_backend!r}"
+            )
+        if self.pair_by_pair and self.gradient_checkpointing:
+            raise ValueError(
+                "pair_by_pair: True forwards each prompt once through a key/value cache, which gradient checkpointing "
+                "turns off; expected gradient_checkpointing=False, or pair_by_pair=False/None (the packed forward)"
+            )
         if self.sync_ref_model and self.precompute_ref_log_probs:
             raise ValueError(
                 "sync_ref_model: True moves the reference during training, which makes precompute_ref_log_probs=True "

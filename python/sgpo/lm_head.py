@@ -1,0 +1,57 @@
+"""The fused linear log-prob ops through a model's LM head module, under FSDP2 too.
+
+Under FSDP2 a resharded head's weight is a shard (a DTensor): the op then runs as the head's own forward, where FSDP
+gathers the weight and registers the hooks that reduce-scatter its gradient. While the unit is gathered (inside the
+FSDP root's forward, or after a forward that left it unsharded, as accelerate leaves the final norm + head unit) the
+weight is a full tensor and the op takes it directly: a second call of a unit's module would reshard the unit after its
+backward, before the modules it shares the unit with run theirs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+import sgpo
+
+
+def _through_head(head: nn.Module, op: Callable[[torch.Tensor], Any], hidden: torch.Tensor) -> Any:
+    from torch.distributed.tensor import DTensor
+
+    if not isinstance(head.weight, DTensor):
+        return op(hidden)
+    # an instance attribute shadows the class's forward for this one call; the module's hooks still run around it
+    head.forward = op
+    try:
+        return head(hidden)
+    finally:
+        del head.forward
+
+
+def head_token_logps(
+    head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, *, log_sum_sq_probs: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs (and WPO's log sum_v p_v^2, without gradient) of ``hidden`` through the linear ``head``:
+    :func:`sgpo.ops.fused_linear_token_logps` with the head's full weight."""
+
+    def op(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = sgpo.ops.fused_linear_token_logps(
+            h, head.weight, labels, bias=head.bias, log_sum_sq_probs=log_sum_sq_probs
+        )
+        return out if log_sum_sq_probs else (out, None)
+
+    return _through_head(head, op, hidden)
+
+
+def head_sequence_logps(
+    head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100
+) -> torch.Tensor:
+    """:func:`sgpo.ops.fused_linear_sequence_logps` of ``hidden`` through the linear ``head``, with its full weight."""
+
+    def op(h: torch.Tensor) -> torch.Tensor:
+        return sgpo.ops.fused_linear_sequence_logps(h, head.weight, labels, bias=head.bias, ignore_index=ignore_index)
+
+    return _through_head(head, op, hidden)
