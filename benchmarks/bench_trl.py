@@ -206,6 +206,12 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         # the fused head, wherever sgpo calls it from (each module holds its own reference to the function)
         phases.wrap(shared, "head_token_logps", "head forward")
         phases.wrap(sgpo_trl, "head_token_logps", "head forward")
+        import sgpo.integrations.trl_forward as trl_forward
+        import sgpo.packing as packing
+
+        phases.wrap(packing, "head_token_logps", "head forward")
+        phases.wrap(packing, "model_attention_mask", "mask building")
+        phases.wrap(trl_forward, "pack_pairs", "mask building")
         phases.wrap(trl_utils._ChunkedLogProbFunction, "apply", "head forward")
         phases.wrap(trainer.accelerator, "backward", "backward", split_reference=False)
         phases.wrap(trainer, "training_step", "training step", split_reference=False)
@@ -431,6 +437,14 @@ def main() -> None:
                     {"logps_backend": "sgpo", "precompute_ref_log_probs": True},
                 )
                 rows["SGPODPOTrainer, logps_backend=sgpo"] = ("sgpo", {"logps_backend": "sgpo"})
+                rows["SGPODPOTrainer, logps_backend=sgpo, packed, precompute_ref_log_probs"] = (
+                    "sgpo",
+                    {"logps_backend": "sgpo", "pair_by_pair": False, "precompute_ref_log_probs": True},
+                )
+                rows["SGPODPOTrainer, logps_backend=sgpo, packed"] = (
+                    "sgpo",
+                    {"logps_backend": "sgpo", "pair_by_pair": False},
+                )
                 heading = (
                     f"{label}, {'LoRA r=16 all-linear' if mode == 'lora' else 'full fine-tuning'}, "
                     f"{options.batch} pairs per step, prompt {counts['prompt']:.0f} + response "

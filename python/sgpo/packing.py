@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from sgpo.lm_head import head_token_logps
+
 PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, 3
 
 
@@ -230,8 +232,6 @@ def packed_token_logps(
     response's end (``packed.targets == -100``), through one forward of ``decoder`` (the model's base, as
     :func:`sgpo.integrations.shared_prompt.decoder_and_head` finds it) and ``head``; with ``log_sum_sq_probs`` also
     WPO's log sum_v p_v^2 per token, without gradient."""
-    from sgpo.lm_head import head_token_logps
-
     return head_token_logps(
         head, packed_hidden_states(decoder, packed), packed.targets, log_sum_sq_probs=log_sum_sq_probs
     )
