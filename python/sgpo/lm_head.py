@@ -1,4 +1,4 @@
-"""The fused linear log-prob ops through a model's LM head module, under FSDP2 too.
+"""The fused linear log-prob ops through a model's LM head module, under FSDP2 and DeepSpeed ZeRO-3 too.
 
 Under FSDP2 a resharded head's weight is a shard (a DTensor): the op then runs as the head's own forward, where FSDP
 gathers the weight and registers the hooks that reduce-scatter its gradient. While the unit is gathered (inside the
@@ -21,7 +21,10 @@ import sgpo
 def _through_head(head: nn.Module, op: Callable[[torch.Tensor], Any], hidden: torch.Tensor) -> Any:
     from torch.distributed.tensor import DTensor
 
-    if not isinstance(head.weight, DTensor):
+    # DeepSpeed ZeRO-3 partitions every parameter (``ds_id``) and gathers a module's only around its own forward and
+    # backward, as FSDP2 does for a resharded unit: the op must run as the head's forward there too
+    sharded = isinstance(head.weight, DTensor) or hasattr(head.weight, "ds_id")
+    if not sharded:
         return op(hidden)
     # an instance attribute shadows the class's forward for this one call; the module's hooks still run around it
     head.forward = op
