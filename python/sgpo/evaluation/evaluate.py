@@ -90,7 +90,7 @@ def response_logps(model: object, tokenizer: object, prompts: Sequence[object], 
     """Summed log-probs of each response (EOS included) under ``model``, with the chat template the sampler used."""
     import torch
 
-    from sgpo.pipeline.leader import SequenceScorer, encode, score_rows
+    from sgpo.pipeline.scoring import SequenceScorer, encode, score_rows
 
     rows = [encode(tokenizer, p, r, system_prompt=None, max_length=1 << 30) for p, r in zip(prompts, responses)]
     with torch.no_grad():
@@ -184,7 +184,7 @@ def cached_logps(
 def response_lengths(model: str, prompts: Sequence[object], responses: Sequence[str]) -> np.ndarray:
     """Response tokens (EOS included) of each (prompt, response) under ``model``'s tokenizer, as log-probs count."""
     from sgpo.models import load_tokenizer
-    from sgpo.pipeline.leader import IGNORE_INDEX, encode
+    from sgpo.pipeline.scoring import IGNORE_INDEX, encode
 
     tokenizer = load_tokenizer(model)
     rows = [encode(tokenizer, p, r, system_prompt=None, max_length=1 << 30) for p, r in zip(prompts, responses)]

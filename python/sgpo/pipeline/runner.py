@@ -199,7 +199,7 @@ class Run:
         self.barrier()
 
     def rows(self, prompts: list[Any], responses: list[str]) -> list[tuple[list[int], list[int]]]:
-        from sgpo.pipeline.leader import encode
+        from sgpo.pipeline.scoring import encode
 
         return [
             encode(
@@ -216,7 +216,7 @@ class Run:
         """Summed response log-probs under ``model`` (under the SFT model when ``sft``)."""
         import contextlib
 
-        from sgpo.pipeline.leader import SequenceScorer, score_rows
+        from sgpo.pipeline.scoring import SequenceScorer, score_rows
 
         rows = self.rows(prompts, responses)
         context: Any = contextlib.nullcontext()
@@ -682,7 +682,7 @@ class Run:
         """Log-probs of ``rows`` split over the processes and gathered back in order."""
         from accelerate.utils import gather_object
 
-        from sgpo.pipeline.leader import SequenceScorer, score_rows
+        from sgpo.pipeline.scoring import SequenceScorer, score_rows
 
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         mine = list(range(rank, len(rows), world))
