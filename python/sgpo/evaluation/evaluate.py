@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sgpo.evaluation.judge import win_rate_from_outcomes
+from sgpo.evaluation.comparison import compare_responses
 from sgpo.evaluation.report import ModelResult, RoundArtifacts, write_report
-from sgpo.evaluation.statistics import paired_comparison
 
 DEFAULT_BASELINE = "SmolLM2-135M-Instruct"
 # the hidden-preference track: more prompts (the effects are a few points) and short answers (the rubrics need few)
@@ -226,21 +225,18 @@ def judge_responses(
     from sgpo.evaluation.judge import VerifiableJudge
 
     judge = judge or VerifiableJudge()
-    scores = np.asarray(judge.scores(list(prompts), list(responses)), dtype=np.float64)
-    base_scores = np.asarray(judge.scores(list(prompts), list(baseline_responses)), dtype=np.float64)
-    outcomes = 0.5 * (1.0 + np.sign(scores - base_scores))
-    win = win_rate_from_outcomes(outcomes, [len(r) for r in responses], [len(b) for b in baseline_responses])
+    compared = compare_responses(judge, prompts, responses, baseline_responses)
     return ModelResult(
         label=label,
         model=str(model),
-        win=win,
-        mean_score=float(scores.mean()),
-        baseline_mean_score=float(base_scores.mean()),
+        win=compared.win,
+        mean_score=float(compared.candidate_scores.mean()),
+        baseline_mean_score=float(compared.baseline_scores.mean()),
         mean_chars=float(np.mean([len(r) for r in responses])),
-        comparison=paired_comparison(scores, base_scores),
+        comparison=compared.paired,
         kl=None if kl is None else float(np.mean(kl)),
         kl_stderr=None if kl is None or len(kl) < 2 else float(np.std(kl, ddof=1) / np.sqrt(len(kl))),
-        scores=scores,
+        scores=compared.candidate_scores,
     )
 
 

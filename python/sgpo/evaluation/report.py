@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from sgpo.evaluation.judge import WinRate
+from sgpo.evaluation.comparison import WinRate
 from sgpo.evaluation.statistics import PairedComparison
 from sgpo.follower import moved_mass
 
@@ -291,7 +291,7 @@ def write_report(
     parts += [
         "Win rate: ties count 1/2; ± is the standard error over prompts. LC win rate: the intercept of a logistic "
         "regression of the outcome on tanh(length difference / its std), i.e. the predicted win rate at equal "
-        "length (see `sgpo.evaluation.judge`).",
+        "length (see `sgpo.evaluation.comparison`).",
         "",
     ]
     if results:

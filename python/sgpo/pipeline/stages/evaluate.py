@@ -36,6 +36,7 @@ def held_out_prompts(ctx: RunContext) -> list[Any]:
 
 def evaluate(ctx: RunContext, t: int, model: Any) -> dict[str, Any]:
     """Round ``t``'s policy ``model`` against the starting model on the held-out prompts (``{}`` without them)."""
+    from sgpo.evaluation.comparison import compare_responses
     from sgpo.pipeline.judges import build_judge
 
     cfg = ctx.cfg.evaluate
@@ -52,14 +53,12 @@ def evaluate(ctx: RunContext, t: int, model: Any) -> dict[str, Any]:
     baseline = [r["response"] for r in files.read_jsonl(baseline_path)]
     candidates = answer(ctx, ctx.round_dir(t) / "eval_responses.jsonl", ctx.accelerator.unwrap_model(model), prompts)
     judge = build_judge(cfg.judge.name, dict(cfg.judge.options), None)
-    if hasattr(judge, "compare"):
-        result, cand_scores, base_scores = judge.compare(prompts, candidates, baseline)
-        report = {k: float(v) for k, v in vars(result).items() if isinstance(v, (int, float))}
-    else:
-        cand_scores = np.asarray(judge.scores(prompts, candidates))
-        base_scores = np.asarray(judge.scores(prompts, baseline))
-        report = {"win_rate": float(np.mean((cand_scores > base_scores) + 0.5 * (cand_scores == base_scores)))}
-    report.update(mean_score=float(np.mean(cand_scores)), baseline_mean_score=float(np.mean(base_scores)))
+    compared = compare_responses(judge, prompts, candidates, baseline)
+    report = {k: float(v) for k, v in vars(compared.win).items()}
+    report.update(
+        mean_score=float(np.mean(compared.candidate_scores)),
+        baseline_mean_score=float(np.mean(compared.baseline_scores)),
+    )
     return report
 
 
