@@ -118,7 +118,7 @@ def test_runs_sharing_a_cache_dir_sample_and_judge_a_shared_round_once(
 
 
 def test_an_evaluation_is_shared_by_checkpoints_with_the_same_files(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from sgpo.evaluation.evaluate import EvalSettings, _fingerprint
+    from sgpo.responses import EvalSettings, _fingerprint
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)

@@ -53,7 +53,7 @@ def judging_settings(ctx: RunContext) -> dict[str, Any]:
 def heldout_agreement(ctx: RunContext, t: int, model: Any) -> dict[str, Any] | None:
     """The annotator's agreement with gold on ``judge.agreement_pairs``, with the policy round ``t`` starts from."""
     from sgpo.pipeline.annotator import heldout_agreement as measure
-    from sgpo.pipeline.data import load_table, pairs_from_table
+    from sgpo.tables import load_table, pairs_from_table
 
     source = ctx.cfg.judge.agreement_pairs
     if source is None:

@@ -25,7 +25,7 @@ from sgpo.pipeline.context import RunContext
 def held_out_prompts(ctx: RunContext) -> list[Any]:
     """The first ``evaluate.num_prompts`` prompts of ``evaluate.prompts``."""
     from sgpo.evaluation.sources import TRACKS, load_prompts
-    from sgpo.pipeline.data import load_table, prompts_from_table
+    from sgpo.tables import load_table, prompts_from_table
 
     cfg = ctx.cfg.evaluate
     if cfg.prompts in TRACKS:

@@ -1,7 +1,7 @@
 """Report: the run's summary, once every round is done.
 
-Reads every round's ``metrics.json`` (as the rounds return it), ``round_<t>/train_log.jsonl``,
-``annotations.jsonl`` and ``worst_case.safetensors``. Writes, in ``output_dir/``:
+Reads every round's ``metrics.json`` (as the rounds return it) and, in ``round_<t>/``, ``train_log.jsonl``,
+``annotations.jsonl`` (the margins) and ``worst_case.safetensors`` (the follower's answer). Writes, in ``output_dir/``:
 
     metrics.jsonl     every training step of every round
     report.json       per round: pairs, loss, reward accuracy, the follower's value and moved mass, the win rate,
@@ -37,17 +37,43 @@ def write_report(ctx: RunContext, rounds: list[dict[str, Any]], seconds: float) 
         if log_path.is_file():
             steps.extend(files.read_jsonl(log_path))
     if ctx.main:
-        from sgpo.evaluation.report import run_plots
-
         files.write_jsonl(ctx.out / "metrics.jsonl", steps)
         files.write_json(ctx.out / "report.json", report)
         lines = [f"# sgpo run: {ctx.cfg.method}", "", HEADER, "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
-        lines += ["", *run_plots(ctx.out, rounds)]
+        lines += ["", *plots(ctx.out, rounds)]
         with files.atomic_path(ctx.out / "report.md") as tmp:
             tmp.write_text("\n".join(lines) + "\n")
     ctx.barrier()
     return ctx.out / "report.md"
+
+
+def plots(run_dir: Path, rounds: list[dict[str, Any]]) -> list[str]:
+    """Draw the run's plots from what its rounds wrote; returns the markdown lines that embed them.
+
+    The win rate per round where the run evaluated its rounds, the margin histograms and the follower's worst case.
+    """
+    from dataclasses import fields
+
+    from sgpo.evaluation.comparison import WinRate
+    from sgpo.evaluation.report import plot_follower, plot_margin_histograms, plot_win_rate_series
+    from sgpo.evaluation.runs import load_round
+
+    parts: list[str] = []
+    keys = [f.name for f in fields(WinRate)]
+    evaluated = [m for m in rounds if all(k in m.get("eval", {}) for k in keys)]
+    if evaluated:
+        wins = [WinRate(**{k: m["eval"][k] for k in keys}) for m in evaluated]
+        plot_win_rate_series([f"round {m['round']}" for m in evaluated], wins, run_dir / "win_rate.png")
+        parts += ["![win rate per round against the starting model](win_rate.png)", ""]
+    artifacts = [load_round(run_dir / f"round_{m['round']}", m["round"]) for m in rounds]
+    if any(r.margins is not None and r.margins.size for r in artifacts):
+        plot_margin_histograms(artifacts, run_dir / "margins.png")
+        parts += ["![margin histograms](margins.png)", ""]
+    if any(r.weights is not None and r.follower_inputs is not None for r in artifacts):
+        plot_follower(artifacts, run_dir / "follower.png")
+        parts += ["![follower weights and displacements](follower.png)", ""]
+    return parts
 
 
 def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
