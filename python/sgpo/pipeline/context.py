@@ -105,7 +105,7 @@ class RunContext:
         parts: Path | None = None,
         shared_as: str | None = None,
         t: int = 0,
-        inputs: Callable[[], dict[str, Any]] | None = None,
+        inputs: Callable[[], dict[str, Any]] = dict,
     ) -> Iterator[bool]:
         """A stage writing ``outputs`` (in the order it writes them; the last marks it done); yields whether it is.
 
@@ -116,9 +116,7 @@ class RunContext:
         the stage's ``parts`` and stores the outputs for later runs, then every process waits for it. A stage found
         done drops the part files a kill left between its output and their removal.
         """
-        entry = None
-        if shared_as is not None and inputs is not None:
-            entry = self._fetch(shared_as, t, outputs, inputs)
+        entry = None if shared_as is None else self._fetch(shared_as, t, outputs, inputs)
         if self.done(outputs[-1]):
             if parts is not None and self.main:
                 remove(parts)

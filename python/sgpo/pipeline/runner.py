@@ -74,15 +74,18 @@ def run_round(ctx: RunContext, t: int) -> dict[str, Any]:
     else:
         prompts = new_prompts(ctx, t, metrics)
         heldout_agreement(ctx, t, pi_t, metrics)
+        # step 2: sample K responses per new prompt from pi_t, and let the judge label each prompt's pair
         with timed(timings, "generate"):
             responses = generate.generate(ctx, t, pi_t, prompts)
         with timed(timings, "annotate"):
             pairs = annotate.annotate(ctx, t, pi_t, prompts, responses)
         record_annotation(ctx, t, pairs, metrics)
+        # step 3: the follower's worst case in the epsilon-Wasserstein ball around the round's margins
         worst = None
         if ctx.cfg.method == "ssapo":
             worst = solve.solve(ctx, t, pairs)
             metrics["follower"] = {k: v for k, v in worst.items() if k not in ("xi", "weights", "shifts")}
+        # step 4: the leader's update against that worst case, with pi_t as the reference
         extra, step_context = update.loss_inputs(ctx, pairs, worst)
         with timed(timings, "update"):
             metrics["train"] = update.update(ctx, t, pi_t, pairs, extra, step_context)
@@ -129,7 +132,8 @@ def new_prompts(ctx: RunContext, t: int, metrics: dict[str, Any]) -> list[Any]:
 
 
 def heldout_agreement(ctx: RunContext, t: int, model: Any, metrics: dict[str, Any]) -> None:
-    """DESIGN 5's leading indicator: the annotator's agreement with held-out gold pairs, before it labels."""
+    """The annotator's agreement with held-out gold pairs before it labels the round (DESIGN 5: below about 65%,
+    self-annotation trains on noise)."""
     held = annotate.heldout_agreement(ctx, t, model)
     if held is None:
         return
@@ -157,6 +161,7 @@ def record_annotation(ctx: RunContext, t: int, pairs: list[dict[str, Any]], metr
 
 @contextlib.contextmanager
 def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Record the seconds the block takes as ``timings[stage]``."""
     clock = time.perf_counter()
     yield
     timings[stage] = time.perf_counter() - clock
