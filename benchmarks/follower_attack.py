@@ -119,7 +119,7 @@ def seed_attack(
     """The follower over a labelled seed's margins under ``policy``'s implicit reward: which pairs it attacks, capped
     by the follower's ``max_shift`` and uncapped, and how many of them are flipped (gold prefers the rejected)."""
     import sgpo
-    from sgpo.evaluation.evaluate import cached_logps, response_lengths
+    from sgpo.responses import cached_logps, response_lengths
 
     pairs = read_jsonl(seed_file)
     if not pairs or any("chosen_score" not in p or "rejected_score" not in p for p in pairs):

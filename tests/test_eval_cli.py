@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sgpo.cli import main
+from sgpo.eval_cli import judge_responses, load_eval_prompts
 from sgpo.evaluation import Constraint, PromptSpec, generate_prompts
-from sgpo.evaluation.evaluate import judge_responses, load_eval_prompts
 from sgpo.evaluation.report import RoundArtifacts, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

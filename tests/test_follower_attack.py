@@ -50,7 +50,7 @@ def test_chance_of_as_many_flipped_pairs_is_the_hypergeometric_tail(attack) -> N
 
 
 def test_seed_attack_finds_the_flipped_pairs_the_policy_disbelieves(attack, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sgpo.evaluation.evaluate as evaluate
+    import sgpo.responses as responses
 
     n = 8
     # pairs 0 and 1 are flipped (gold prefers the rejected) and the policy's implicit reward disagrees with them
@@ -65,8 +65,8 @@ def test_seed_attack_finds_the_flipped_pairs_the_policy_disbelieves(attack, monk
     def fake_logps(model: str, items: list, cache_dir: object) -> list[np.ndarray]:
         return [policy.copy() if model == "policy/ckpt" else np.zeros(2 * n)]
 
-    monkeypatch.setattr(evaluate, "cached_logps", fake_logps)
-    monkeypatch.setattr(evaluate, "response_lengths", lambda model, p, r: np.ones(len(r)))
+    monkeypatch.setattr(responses, "cached_logps", fake_logps)
+    monkeypatch.setattr(responses, "response_lengths", lambda model, p, r: np.ones(len(r)))
     monkeypatch.setattr(attack, "read_jsonl", lambda path: pairs)
     follower = {"space": "probability", "gamma": 0.1, "epsilon": 0.01, "pieces": 6, "max_shift": 0.01}
     capped, uncapped = attack.seed_attack("policy/ckpt", "base", Path("seed.jsonl"), follower, 0.1, None)

@@ -59,7 +59,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
 from sgpo.pipeline import distributed
-from sgpo.pipeline.leader import SequenceScorer
+from sgpo.pipeline.scoring import SequenceScorer
 from test_fsdp import batch
 
 accelerator = Accelerator(cpu=True)
@@ -97,7 +97,7 @@ if accelerator.is_main_process:
 
 def test_fused_head_op_sees_the_gathered_weight_under_fsdp(tiny_model_dir: Path, tmp_path: Path) -> None:
     import sgpo.ops
-    from sgpo.pipeline.leader import SequenceScorer
+    from sgpo.pipeline.scoring import SequenceScorer
     from transformers import AutoModelForCausalLM
 
     script = tmp_path / "head_worker.py"

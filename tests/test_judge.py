@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 from sgpo.evaluation import Constraint, PromptSpec, VerifiableJudge, generate_prompts, win_rate_from_outcomes
-from sgpo.evaluation.judge import fit_length_logistic
+from sgpo.evaluation.comparison import fit_length_logistic
 
 PROMPT = PromptSpec(1, "honeybees", (Constraint("include_word", (("word", "simple"),)), Constraint("lowercase"))).text
 GOOD = "keeping honeybees is simple: give the hive shelter, water and flowers nearby."

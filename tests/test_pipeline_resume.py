@@ -189,7 +189,7 @@ def test_chunked_parts_outlive_the_slowest_reader(tmp_path: Path, monkeypatch: p
     from types import SimpleNamespace
 
     from sgpo.pipeline import files
-    from sgpo.pipeline.runner import Run
+    from sgpo.pipeline.context import RunContext
 
     barrier = threading.Barrier(2, timeout=30)
     read = files.read_json
@@ -211,7 +211,7 @@ def test_chunked_parts_outlive_the_slowest_reader(tmp_path: Path, monkeypatch: p
             barrier=barrier.wait,
         )
         try:
-            results[rank] = Run.chunked(fake, parts, 6, lambda c: [c, c * c], "test")
+            results[rank] = RunContext.chunked(fake, parts, 6, 1, lambda lo, hi: [[lo, lo * lo]], "test")
             if rank == 0:
                 shutil.rmtree(parts)
         except Exception as err:  # noqa: BLE001 - reported below with the rank that raised it

@@ -118,7 +118,7 @@ def test_runs_sharing_a_cache_dir_sample_and_judge_a_shared_round_once(
 
 
 def test_an_evaluation_is_shared_by_checkpoints_with_the_same_files(tmp_path: Path, tiny_model_dir: Path) -> None:
-    from sgpo.evaluation.evaluate import EvalSettings, _fingerprint
+    from sgpo.responses import EvalSettings, _fingerprint
 
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)
@@ -166,3 +166,51 @@ def test_a_run_without_a_cache_never_keys_a_stage(
     out = tmp_path / "plain"
     run(load_config("tiny", tiny_overrides(tiny_model_dir, preference_files, out, "rounds=1")))
     assert (out / "round_1" / "annotations.jsonl").is_file()
+
+
+def test_a_stage_copies_from_the_cache_stores_once_and_drops_stale_parts(tmp_path: Path) -> None:
+    from sgpo.pipeline import config_from_dict
+    from sgpo.pipeline.context import RunContext
+
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+
+    def context(name: str) -> RunContext:
+        cfg = config_from_dict({"output_dir": str(tmp_path / name), "cache_dir": str(tmp_path / "cache")})
+        ctx = RunContext(cfg)
+        ctx.base_path = str(base)
+        return ctx
+
+    def outputs(ctx: RunContext) -> list[Path]:
+        return [ctx.round_dir(1) / "counts.json", ctx.round_dir(1) / "out.jsonl"]
+
+    first = context("first")
+    parts = first.round_dir(1) / "x_parts"
+    with pytest.raises(RuntimeError, match="killed"), first.stage(outputs(first), parts=parts, shared_as="x", t=1):
+        parts.mkdir(parents=True)
+        raise RuntimeError("killed")
+    # a stage that failed keeps its parts and stores nothing
+    assert parts.is_dir() and not (tmp_path / "cache").exists()
+    with first.stage(outputs(first), parts=parts, shared_as="x", t=1, inputs=lambda: {"k": 1}) as done:
+        assert not done
+        for path, text in zip(outputs(first), ("{}", '{"a": 1}\n'), strict=True):
+            path.write_text(text)
+    assert not parts.exists() and len(list((tmp_path / "cache").iterdir())) == 1
+    # the same stage of another run with the same inputs is copied, byte for byte; other inputs miss
+    second = context("second")
+    with second.stage(outputs(second), shared_as="x", t=1, inputs=lambda: {"k": 1}) as done:
+        assert done
+    assert second.cached == ["x"] and outputs(second)[1].read_text() == '{"a": 1}\n'
+    third = context("third")
+    with third.stage(outputs(third), shared_as="x", t=1, inputs=lambda: {"k": 2}) as done:
+        assert not done and not outputs(third)[1].exists()
+        third.round_dir(1).mkdir(parents=True)
+        for path in outputs(third):
+            path.write_text("{}")
+    assert third.cached == [] and len(list((tmp_path / "cache").iterdir())) == 2
+    # a done stage drops the parts a kill left between its output and their removal
+    parts.mkdir()
+    with first.stage(outputs(first), parts=parts) as done:
+        assert done
+    assert not parts.exists()

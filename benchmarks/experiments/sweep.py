@@ -27,9 +27,11 @@ def train_with_probes(args: argparse.Namespace, rubric: str, size: int, seed: in
     """One job: DPO on the seed, with the annotator's held-out agreement every ``args.every`` steps."""
     from sgpo.pipeline.annotator import implicit_reward_agreement
     from sgpo.pipeline.config import load_config
+    from sgpo.pipeline.context import RunContext
     from sgpo.pipeline.data import fit_prompts
     from sgpo.pipeline.files import read_jsonl, write_json
-    from sgpo.pipeline.runner import Run
+    from sgpo.pipeline.policy import load_policy, logps, response_lengths
+    from sgpo.pipeline.stages.update import update
 
     runs = Path(args.runs)
     pool = read_jsonl(bundle.bundled(f"hidden_{rubric}_pool.jsonl"))
@@ -52,19 +54,19 @@ def train_with_probes(args: argparse.Namespace, rubric: str, size: int, seed: in
         "logging.progress=false",
         f"output_dir={path.with_suffix('')}",
     ]
-    run = Run(load_config("hidden", overrides))
+    run = RunContext(load_config("hidden", overrides))
     run.prepare()
-    model = run.load_policy(None)
+    model = load_policy(run, None)
     heldout = read_jsonl(bundle.bundled(f"hidden_{rubric}_heldout.jsonl"))
     prompts = [p["prompt"] for p in heldout] * 2
     responses = [p["chosen"] for p in heldout] + [p["rejected"] for p in heldout]
     on_task = np.array([p["rejected_score"] > 0 for p in heldout])
-    reference = run.logps(model, prompts, responses, sft=True).reshape(2, -1)
-    lengths = np.array([sum(x != -100 for x in lab) for _, lab in run.rows(prompts, responses)], float).reshape(2, -1)
+    reference = logps(run, model, prompts, responses, sft=True).reshape(2, -1)
+    lengths = response_lengths(run, prompts, responses).astype(float).reshape(2, -1)
     curve: list[dict[str, Any]] = []
 
     def probe(step: int) -> None:
-        policy = run.logps(model, prompts, responses).reshape(2, -1)
+        policy = logps(run, model, prompts, responses).reshape(2, -1)
         every = implicit_reward_agreement(policy, reference, lengths)
         task = implicit_reward_agreement(policy[:, on_task], reference[:, on_task], lengths[:, on_task])
         point = {
@@ -91,7 +93,7 @@ def train_with_probes(args: argparse.Namespace, rubric: str, size: int, seed: in
     began = time.perf_counter()
     seed_pairs = run.data.seed_pairs
     fitted, kept, _ = fit_prompts(run.tokenizer, [p["prompt"] for p in seed_pairs], run.cfg.data, None)
-    run.update(0, model, [{**seed_pairs[i], "prompt": q} for i, q in zip(kept, fitted, strict=True)], {})
+    update(run, 0, model, [{**seed_pairs[i], "prompt": q} for i, q in zip(kept, fitted, strict=True)], {})
     write_json(
         path,
         {

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 _COMMANDS: dict[str, str] = {
     "info": "sgpo.info:add_parser",
     "demo": "sgpo.demo:add_parser",
-    "eval": "sgpo.evaluation.evaluate:add_parser",
+    "eval": "sgpo.eval_cli:add_parser",
     "label": "sgpo.labeling:add_parser",
     "run": "sgpo.pipeline.runner:add_parser",
     "solve": "sgpo.solve_cli:add_parser",

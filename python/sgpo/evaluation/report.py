@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from sgpo.evaluation.judge import WinRate
+from sgpo.evaluation.comparison import WinRate
 from sgpo.evaluation.statistics import PairedComparison
 from sgpo.follower import moved_mass
 
@@ -228,33 +228,6 @@ def rounds_table(rounds: Sequence[RoundArtifacts]) -> str:
     return "\n".join(lines)
 
 
-def run_plots(run_dir: Path, round_metrics: Sequence[dict]) -> list[str]:
-    """The plots ``sgpo eval`` draws for a run directory, from what the run itself wrote (``sgpo run``'s report).
-
-    Win rate per round where the run evaluated its rounds, the margin histograms and the follower's worst case;
-    returns the markdown lines that embed them.
-    """
-    from dataclasses import fields
-
-    from sgpo.evaluation.runs import load_round
-
-    parts: list[str] = []
-    keys = [f.name for f in fields(WinRate)]
-    evaluated = [m for m in round_metrics if all(k in m.get("eval", {}) for k in keys)]
-    if evaluated:
-        wins = [WinRate(**{k: m["eval"][k] for k in keys}) for m in evaluated]
-        plot_win_rate_series([f"round {m['round']}" for m in evaluated], wins, run_dir / "win_rate.png")
-        parts += ["![win rate per round against the starting model](win_rate.png)", ""]
-    rounds = [load_round(run_dir / f"round_{m['round']}", m["round"]) for m in round_metrics]
-    if any(r.margins is not None and r.margins.size for r in rounds):
-        plot_margin_histograms(rounds, run_dir / "margins.png")
-        parts += ["![margin histograms](margins.png)", ""]
-    if any(r.weights is not None and r.follower_inputs is not None for r in rounds):
-        plot_follower(rounds, run_dir / "follower.png")
-        parts += ["![follower weights and displacements](follower.png)", ""]
-    return parts
-
-
 def write_report(
     output_dir: Path,
     *,
@@ -291,7 +264,7 @@ def write_report(
     parts += [
         "Win rate: ties count 1/2; ± is the standard error over prompts. LC win rate: the intercept of a logistic "
         "regression of the outcome on tanh(length difference / its std), i.e. the predicted win rate at equal "
-        "length (see `sgpo.evaluation.judge`).",
+        "length (see `sgpo.evaluation.comparison`).",
         "",
     ]
     if results:

@@ -39,9 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from sgpo.evaluation.comparison import WinRate, compare_responses, win_probabilities
 from sgpo.evaluation.constraints import addresses_task, paragraphs, words
 from sgpo.evaluation.hidden import hidden_topic
-from sgpo.evaluation.judge import WinRate, win_rate_from_outcomes
 from sgpo.evaluation.prompts import TOPICS, parse_prompt
 
 # an on-task answer without any of the rubric's property still beats every off-task one
@@ -199,15 +199,14 @@ class RubricJudge:
         """SPPO's ``P_i = (1/K) sum_j sigmoid((s_i - s_j) / temperature)``, ``j = i`` counting 1/2."""
         if len(responses) == 0:
             raise ValueError("responses: expected at least one response, got none")
-        s = self.scores([prompt] * len(responses), responses)
-        return (0.5 * (1.0 + np.tanh(0.5 * (s[:, None] - s[None, :]) / self.temperature))).mean(axis=1)
+        return win_probabilities(self.scores([prompt] * len(responses), responses), self.temperature)
 
     def compare(
         self, prompts: Sequence[Any], candidates: Sequence[str], baselines: Sequence[str]
     ) -> tuple[WinRate, np.ndarray, np.ndarray]:
-        cand, base = self.scores(prompts, candidates), self.scores(prompts, baselines)
-        outcomes = 0.5 * (1.0 + np.sign(cand - base))
-        return win_rate_from_outcomes(outcomes, [len(c) for c in candidates], [len(b) for b in baselines]), cand, base
+        """Win rate of ``candidates`` over ``baselines`` on the same prompts, with both score arrays."""
+        result = compare_responses(self, prompts, candidates, baselines)
+        return result.win, result.candidate_scores, result.baseline_scores
 
 
 class WarmthJudge(RubricJudge):

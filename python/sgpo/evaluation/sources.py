@@ -44,15 +44,14 @@ def load_prompts(source: str, limit: int | None, *, split: str = "test", option:
         return [spec.text for spec in generate_prompts(limit, split, seed=0)]
     from pathlib import Path
 
-    from sgpo.pipeline.config import DataConfig
-    from sgpo.pipeline.data import bundled_names, load_table, prompts_from_table
+    from sgpo.tables import DefaultColumns, bundled_names, load_table, prompts_from_table
 
     # files only (or one bundled with sgpo): a bare name must never become a hub download
     if not Path(source).expanduser().exists() and source not in bundled_names():
         raise ValueError(f"{option}: expected 'hidden', 'verifiable', 'train', 'test' or a prompt file, got {source!r}")
     try:
         table = load_table(source)
-        prompts = prompts_from_table(table, DataConfig(), source)
+        prompts = prompts_from_table(table, DefaultColumns(), source)
     except (ValueError, FileNotFoundError) as err:
         raise ValueError(f"{option}: expected 'hidden', 'verifiable', 'train', 'test' or a prompt file; {err}") from err
     if not prompts:

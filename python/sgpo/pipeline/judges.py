@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from sgpo.evaluation import comparison
+
 JUDGES: dict[str, str] = {
     "implicit_reward": "sgpo.pipeline.judges:ImplicitRewardJudge",
     "reward_model": "sgpo.pipeline.judges:RewardModelJudge",
@@ -43,12 +45,6 @@ class JudgeContext:
     lengths: Callable[[Sequence[Any], Sequence[str]], np.ndarray] | None = None
 
 
-def bradley_terry_win_probabilities(scores: np.ndarray, temperature: float) -> np.ndarray:
-    """SPPO's ``P_i = (1/K) sum_j sigmoid((s_i - s_j) / temperature)``, ``j = i`` counting 1/2 (DESIGN 1.4)."""
-    diff = (scores[:, None] - scores[None, :]) / temperature
-    return 0.5 * (1.0 + np.tanh(0.5 * diff)).mean(axis=1)
-
-
 def win_probabilities(judge: Any, prompt: Any, responses: Sequence[str]) -> np.ndarray:
     """The judge's own ``win_probabilities`` where it has one, else Bradley-Terry on its scores."""
     if callable(getattr(judge, "win_probabilities", None)):
@@ -56,7 +52,7 @@ def win_probabilities(judge: Any, prompt: Any, responses: Sequence[str]) -> np.n
     if len(responses) == 0:
         raise ValueError("responses: expected at least one response, got none")
     scores = np.asarray(judge.scores([prompt] * len(responses), list(responses)), dtype=np.float64)
-    return bradley_terry_win_probabilities(scores, float(getattr(judge, "temperature", 1.0)))
+    return comparison.win_probabilities(scores, float(getattr(judge, "temperature", 1.0)))
 
 
 def choose_pair(values: np.ndarray, admissible: np.ndarray | None = None) -> tuple[int, int]:
@@ -125,7 +121,7 @@ class ScoreJudge:
     def win_probabilities(self, prompt: Any, responses: Sequence[str]) -> np.ndarray:
         if len(responses) == 0:
             raise ValueError("responses: expected at least one response, got none")
-        return bradley_terry_win_probabilities(self.scores([prompt] * len(responses), responses), self.temperature)
+        return comparison.win_probabilities(self.scores([prompt] * len(responses), responses), self.temperature)
 
 
 class ImplicitRewardJudge(ScoreJudge):

@@ -14,51 +14,19 @@ the tempered policies), with the reward-vs-KL frontier as ``frontier.png``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from sgpo.evaluation.judge import win_rate_from_outcomes
+from sgpo.evaluation.comparison import compare_responses
 from sgpo.evaluation.report import ModelResult, RoundArtifacts, write_report
-from sgpo.evaluation.statistics import paired_comparison
+from sgpo.responses import EvalSettings, cached_logps, response_lengths, sample_model
 
 DEFAULT_BASELINE = "SmolLM2-135M-Instruct"
-# the hidden-preference track: more prompts (the effects are a few points) and short answers (the rubrics need few)
-HIDDEN_DEFAULTS = {"num_prompts": 256, "max_new_tokens": 48}
 DEFAULT_HIDDEN_JUDGE = "structure"
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How responses are sampled for evaluation (the same for every model and the baseline)."""
-
-    prompts: str = "test"
-    num_prompts: int = 64
-    max_new_tokens: int = 80
-    temperature: float = 0.7
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 16
-
-    @classmethod
-    def for_prompts(cls, prompts: str, **given: object) -> EvalSettings:
-        """Settings with the track's defaults (``hidden``: 256 prompts, 48 new tokens) where ``given`` has None."""
-        defaults = HIDDEN_DEFAULTS if prompts == "hidden" else {}
-        values = {k: v for k, v in given.items() if v is not None}
-        return cls(prompts=prompts, **{**defaults, **values})
-
-    def validate(self) -> EvalSettings:
-        if self.num_prompts < 1:
-            raise ValueError(f"num_prompts: expected an integer >= 1, got {self.num_prompts!r}")
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens: expected an integer >= 1, got {self.max_new_tokens!r}")
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature: expected a number >= 0, got {self.temperature!r}")
-        return self
 
 
 def load_eval_prompts(source: str, limit: int) -> list[object]:
@@ -70,125 +38,6 @@ def load_eval_prompts(source: str, limit: int) -> list[object]:
     if source in TRACKS or source in ("train", "test"):
         return load_prompts(source, limit, split="test")
     return load_prompts(source, None)[:limit]
-
-
-def _fingerprint(model: str, prompts: Sequence[str], settings: EvalSettings) -> str:
-    """A key that changes when the model's files, the prompts or the sampling settings change. It reads the files'
-    content, not their place: two runs that trained the same weights share their evaluation."""
-    from sgpo.models import resolve_model
-    from sgpo.pipeline.cache import fingerprint
-
-    digest = hashlib.sha256()
-    resolved = Path(resolve_model(model))
-    digest.update((fingerprint(resolved) if resolved.exists() else str(resolved)).encode())
-    digest.update(json.dumps(asdict(settings), sort_keys=True).encode())
-    digest.update("\n".join(prompts).encode())
-    return digest.hexdigest()[:16]
-
-
-def response_logps(model: object, tokenizer: object, prompts: Sequence[object], responses: Sequence[str]) -> np.ndarray:
-    """Summed log-probs of each response (EOS included) under ``model``, with the chat template the sampler used."""
-    import torch
-
-    from sgpo.pipeline.leader import SequenceScorer, encode, score_rows
-
-    rows = [encode(tokenizer, p, r, system_prompt=None, max_length=1 << 30) for p, r in zip(prompts, responses)]
-    with torch.no_grad():
-        return score_rows(SequenceScorer(model), rows, pad_id=tokenizer.pad_token_id, batch_size=16, device="cpu")
-
-
-def _cache_file(cache_dir: Path | None, name: str) -> Path | None:
-    return cache_dir / f"{name}.json" if cache_dir is not None else None
-
-
-def _write_cache(cache: Path | None, value: dict) -> None:
-    if cache is None:
-        return
-    from sgpo.pipeline.files import atomic_path
-
-    # atomic: evaluations running side by side may share the cache
-    with atomic_path(cache) as tmp:
-        tmp.write_text(json.dumps(value, ensure_ascii=False))
-
-
-def sample_model(
-    model: str, prompts: Sequence[object], settings: EvalSettings, cache_dir: Path | None, *, logps: bool = False
-) -> list[str] | tuple[list[str], list[float]]:
-    """One response per prompt from ``model`` (name or path), cached in ``cache_dir`` when given.
-
-    With ``logps`` it also returns each response's log-prob under ``model`` (cached with the responses).
-    """
-    cache = _cache_file(cache_dir, _fingerprint(model, [json.dumps(p) for p in prompts], settings))
-    cached = json.loads(cache.read_text()) if cache is not None and cache.is_file() else None
-    if cached is not None and (not logps or "logps" in cached):
-        return (cached["responses"], cached["logps"]) if logps else cached["responses"]
-    from sgpo.models import load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(model)
-    policy = load_model(model, dtype="float32")
-    if cached is not None:
-        responses = cached["responses"]
-    else:
-        responses = _sample(policy, tokenizer, prompts, settings)
-    record = {"model": str(model), "responses": responses}
-    if logps:
-        record["logps"] = response_logps(policy, tokenizer, prompts, responses).tolist()
-    _write_cache(cache, record)
-    return (responses, record["logps"]) if logps else responses
-
-
-def _sample(policy: object, tokenizer: object, prompts: Sequence[object], settings: EvalSettings) -> list[str]:
-    from sgpo.generation import generate_responses
-
-    return [
-        rows[0]
-        for rows in generate_responses(
-            policy,
-            tokenizer,
-            list(prompts),
-            num_samples=1,
-            max_new_tokens=settings.max_new_tokens,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            seed=settings.seed,
-            batch_size=settings.batch_size,
-        )
-    ]
-
-
-def cached_logps(
-    model: str, items: Sequence[tuple[Sequence[object], Sequence[str]]], cache_dir: Path | None
-) -> list[np.ndarray]:
-    """Log-probs under ``model`` of each item's (prompts, responses), cached; the model is loaded once, if at all."""
-    out: list[np.ndarray | None] = []
-    missing = []
-    for i, (prompts, responses) in enumerate(items):
-        digest = hashlib.sha256(json.dumps([list(map(json.dumps, prompts)), list(responses)]).encode())
-        cache = _cache_file(cache_dir, f"logps_{_fingerprint(model, [], EvalSettings())}_{digest.hexdigest()[:16]}")
-        if cache is not None and cache.is_file():
-            out.append(np.asarray(json.loads(cache.read_text())["logps"]))
-        else:
-            out.append(None)
-            missing.append((i, cache))
-    if missing:
-        from sgpo.models import load_model, load_tokenizer
-
-        tokenizer, policy = load_tokenizer(model), load_model(model, dtype="float32")
-        for i, cache in missing:
-            values = response_logps(policy, tokenizer, *items[i])
-            _write_cache(cache, {"model": str(model), "logps": values.tolist()})
-            out[i] = values
-    return [np.asarray(v) for v in out]
-
-
-def response_lengths(model: str, prompts: Sequence[object], responses: Sequence[str]) -> np.ndarray:
-    """Response tokens (EOS included) of each (prompt, response) under ``model``'s tokenizer, as log-probs count."""
-    from sgpo.models import load_tokenizer
-    from sgpo.pipeline.leader import IGNORE_INDEX, encode
-
-    tokenizer = load_tokenizer(model)
-    rows = [encode(tokenizer, p, r, system_prompt=None, max_length=1 << 30) for p, r in zip(prompts, responses)]
-    return np.array([sum(x != IGNORE_INDEX for x in labels) for _, labels in rows], dtype=np.float64)
 
 
 def annotator_agreement(
@@ -226,21 +75,18 @@ def judge_responses(
     from sgpo.evaluation.judge import VerifiableJudge
 
     judge = judge or VerifiableJudge()
-    scores = np.asarray(judge.scores(list(prompts), list(responses)), dtype=np.float64)
-    base_scores = np.asarray(judge.scores(list(prompts), list(baseline_responses)), dtype=np.float64)
-    outcomes = 0.5 * (1.0 + np.sign(scores - base_scores))
-    win = win_rate_from_outcomes(outcomes, [len(r) for r in responses], [len(b) for b in baseline_responses])
+    compared = compare_responses(judge, prompts, responses, baseline_responses)
     return ModelResult(
         label=label,
         model=str(model),
-        win=win,
-        mean_score=float(scores.mean()),
-        baseline_mean_score=float(base_scores.mean()),
+        win=compared.win,
+        mean_score=float(compared.candidate_scores.mean()),
+        baseline_mean_score=float(compared.baseline_scores.mean()),
         mean_chars=float(np.mean([len(r) for r in responses])),
-        comparison=paired_comparison(scores, base_scores),
+        comparison=compared.paired,
         kl=None if kl is None else float(np.mean(kl)),
         kl_stderr=None if kl is None or len(kl) < 2 else float(np.std(kl, ddof=1) / np.sqrt(len(kl))),
-        scores=scores,
+        scores=compared.candidate_scores,
     )
 
 
@@ -338,11 +184,10 @@ def _run(args: argparse.Namespace) -> int:
     load_eval_prompts(settings.prompts, settings.num_prompts)
     pairs = None
     if args.agreement_pairs is not None:
-        from sgpo.pipeline.config import DataConfig
-        from sgpo.pipeline.data import load_table, pairs_from_table
+        from sgpo.tables import DefaultColumns, load_table, pairs_from_table
 
         try:
-            pairs = pairs_from_table(load_table(args.agreement_pairs, kind="seed_pairs"), DataConfig(), "pairs")
+            pairs = pairs_from_table(load_table(args.agreement_pairs, kind="seed_pairs"), DefaultColumns(), "pairs")
         except (ValueError, FileNotFoundError) as err:
             raise ValueError(f"--agreement-pairs: {err}") from err
     if args.threads is not None:

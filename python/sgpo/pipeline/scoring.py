@@ -1,0 +1,101 @@
+"""Scoring responses with a causal LM: token rows of (prompt, response) and their summed log-probs.
+
+A row is the templated prompt followed by the response and EOS, with labels on the response tokens only; the
+leader trains on such rows and every judge that reads the policy (the implicit reward, the reference log-probs,
+``sgpo eval``'s KL) scores them through :class:`SequenceScorer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import sgpo.ops
+from sgpo.generation import format_prompt
+from sgpo.pipeline.distributed import head_sequence_logps
+
+IGNORE_INDEX = -100
+
+
+def encode(
+    tokenizer: Any, prompt: Any, response: str, *, system_prompt: str | None, max_length: int
+) -> tuple[list[int], list[int]]:
+    """Token ids of the templated prompt followed by the response and EOS, and labels aligned with them.
+
+    ``labels[t]`` is the token at ``t + 1`` when it belongs to the response, else ``IGNORE_INDEX``: logits at position
+    ``t`` line up with ``labels[t]`` without a shift. The response is cut to fit ``max_length`` tokens in all.
+    """
+    prompt_ids = tokenizer(format_prompt(tokenizer, prompt, system_prompt), add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    response_ids = response_ids[: max(1, max_length - len(prompt_ids))]
+    ids = prompt_ids + response_ids
+    labels = [IGNORE_INDEX] * (len(prompt_ids) - 1) + response_ids + [IGNORE_INDEX]
+    return ids, labels
+
+
+def collate(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for r, (ids, lab) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        attention_mask[r, : len(ids)] = 1
+        labels[r, : len(lab)] = torch.tensor(lab)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+class SequenceScorer(nn.Module):
+    """Wraps a causal LM so that its forward returns per-sequence log-probs of the labelled tokens.
+
+    Going through one module's forward keeps DDP/FSDP hooks in place while the scorer skips the (B, T, V) logits of
+    the prompt: the fused op never materialises them, and the fallback projects only the columns that hold labels.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def _base(self) -> nn.Module:
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        base = self._base()
+        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        head = base.get_output_embeddings()
+        labelled = (labels != IGNORE_INDEX).any(0).nonzero()
+        start = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
+        hidden, labels = hidden[:, start:], labels[:, start:]
+        # ZeRO-3 swaps the head's weight for a gathered one only inside its own forward: there the plain head runs
+        if not hasattr(head.weight, "ds_id"):
+            return head_sequence_logps(head, hidden, labels, ignore_index=IGNORE_INDEX)
+        return sgpo.ops.sequence_logps(head(hidden), labels, ignore_index=IGNORE_INDEX)
+
+    @property
+    def _no_split_modules(self) -> list[str] | None:
+        # accelerate's FSDP wrap policy reads the decoder layer classes from the module it prepares
+        return getattr(self._base(), "_no_split_modules", None)
+
+
+@torch.no_grad()
+def score_rows(
+    scorer: nn.Module, rows: Sequence[tuple[list[int], list[int]]], *, pad_id: int, batch_size: int, device: Any
+) -> np.ndarray:
+    """Per-row log-probs (float64) computed ``batch_size`` rows at a time, longest first to limit padding."""
+    was_training = scorer.training
+    scorer.eval()
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
+    out = np.zeros(len(rows), dtype=np.float64)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in chunk], pad_id).items()}
+            out[chunk] = scorer(**batch).double().cpu().numpy()
+    finally:
+        scorer.train(was_training)
+    return out
