@@ -58,6 +58,7 @@ from accelerate import Accelerator
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor
 from transformers import AutoModelForCausalLM
+from sgpo.lm_head import head_sequence_logps
 from sgpo.pipeline import distributed
 from sgpo.pipeline.scoring import SequenceScorer
 from test_fsdp import batch
@@ -77,7 +78,7 @@ torch.manual_seed(0)
 alone = torch.nn.Linear(32, 259, bias=False)
 fully_shard(alone)
 hidden = torch.randn(4, 12, 32, generator=torch.Generator().manual_seed(1), requires_grad=True)
-alone_logps = distributed.head_sequence_logps(alone, hidden, batch()["labels"])
+alone_logps = head_sequence_logps(alone, hidden, batch()["labels"])
 alone_logps.sum().backward()
 alone_grad = alone.weight.grad.full_tensor()
 if accelerator.is_main_process:

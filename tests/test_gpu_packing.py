@@ -11,7 +11,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
-from sgpo.integrations.shared_prompt import decoder_and_head  # noqa: E402
+from sgpo.lm_head import decoder_and_head  # noqa: E402
 from sgpo.packing import pack_pairs, packed_sequence_logps  # noqa: E402
 from test_packing import random_pairs, tiny_model, unpacked_logps  # noqa: E402
 

@@ -13,7 +13,7 @@ import copy
 import pytest
 import torch
 import transformers
-from sgpo.integrations.shared_prompt import decoder_and_head
+from sgpo.lm_head import decoder_and_head
 from sgpo.packing import CHOSEN, PADDING, PROMPT, REJECTED, pack_pairs, packed_sequence_logps
 
 VOCAB = 61

@@ -230,7 +230,7 @@ def packed_token_logps(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs (2 * pairs, width) of ``packed``'s responses, chosen rows over rejected rows, 0 past each
     response's end (``packed.targets == -100``), through one forward of ``decoder`` (the model's base, as
-    :func:`sgpo.integrations.shared_prompt.decoder_and_head` finds it) and ``head``; with ``log_sum_sq_probs`` also
+    :func:`sgpo.lm_head.decoder_and_head` finds it) and ``head``; with ``log_sum_sq_probs`` also
     WPO's log sum_v p_v^2 per token, without gradient."""
     return head_token_logps(
         head, packed_hidden_states(decoder, packed), packed.targets, log_sum_sq_probs=log_sum_sq_probs
@@ -254,11 +254,11 @@ def install_packed_forward(model: nn.Module) -> nn.Module:
     forward, so that the wrappers around it (DDP, FSDP2, PEFT, ``accelerate``'s autocast) and their hooks see one
     ordinary call; ``log_sum_sq_probs=True`` adds WPO's per-token term. Any other call runs the original forward.
 
-    ``model`` is a causal LM whose (decoder, head) :func:`sgpo.integrations.shared_prompt.decoder_and_head` finds,
+    ``model`` is a causal LM whose (decoder, head) :func:`sgpo.lm_head.decoder_and_head` finds,
     or its PEFT wrapper (the patch goes on the base model, which PEFT's forward calls with the keyword arguments it
     does not know). Idempotent; returns the patched module.
     """
-    from sgpo.integrations.shared_prompt import decoder_and_head
+    from sgpo.lm_head import decoder_and_head
 
     if decoder_and_head(model) is None:
         raise ValueError(

@@ -17,16 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sgpo.lm_head import head_token_logps
-
-# config attributes by which a model rescales or caps its logits; sgpo's head op applies neither
-_LOGIT_TRANSFORMS = (
-    "final_logit_softcapping",
-    "logit_scale",
-    "output_multiplier",
-    "lm_head_multiplier",
-    "logits_scaling",
-)
+from sgpo.lm_head import decoder_and_head, head_token_logps
 
 
 @dataclass(frozen=True)
@@ -72,29 +63,6 @@ def split_pairs(
             return None
         pairs.append(Pair(prompt, chosen, rejected))
     return pairs
-
-
-def decoder_and_head(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
-    """(decoder stack, LM head) of a plain causal LM (or the base of a PEFT model), or None where the shared-prompt
-    forward would not give the model's own log-probs: prompt-learning PEFT (virtual tokens), encoder-decoders,
-    multimodal wrappers, a head that is not a plain ``nn.Linear`` (a LoRA-wrapped head), rescaled or capped logits."""
-    active = getattr(model, "active_peft_config", None)
-    if active is not None:
-        if active.is_prompt_learning:
-            return None
-        model = model.get_base_model()
-    config = getattr(model, "config", None)
-    if config is None or getattr(config, "is_encoder_decoder", False) or config.get_text_config() is not config:
-        return None
-    if any(getattr(config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):
-        return None
-    head = model.get_output_embeddings()
-    decoder = getattr(model, "base_model", None)
-    # a plain linear head, also as FSDP2's sharded subclass of it; not a LoRA-wrapped or otherwise custom head
-    plain = isinstance(head, nn.Linear) and type(head).forward is nn.Linear.forward
-    if not plain or decoder is None or decoder is model:
-        return None
-    return decoder, head
 
 
 def _cache_argument(decoder: nn.Module) -> str:

@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
-from sgpo.integrations.shared_prompt import Pair, TokenLogps, decoder_and_head, pairs_token_logps, split_pairs
+from sgpo.integrations.shared_prompt import Pair, TokenLogps, pairs_token_logps, split_pairs
 from sgpo.integrations.trl_losses import PairBatch, Tokens, chosen_sums, sequence_logps, uses_pairs_jointly, wpo_weights
+from sgpo.lm_head import decoder_and_head
 from sgpo.packing import install_packed_forward, pack_pairs
 
 # batch keys the trainer itself consumes; everything else in a collated batch goes to the model's forward
@@ -37,7 +38,7 @@ class PromptSharingForward:
         """The batch's pairs and ``model``'s (decoder, head) when sgpo's prompt-sharing forwards apply, else None.
 
         They need ``logps_backend="sgpo"``, no DeepSpeed (ZeRO-3 partitions the head's weight), no MoE auxiliary loss
-        (it is not per pair), a plain causal LM (:func:`sgpo.integrations.shared_prompt.decoder_and_head`) and a text
+        (it is not per pair), a plain causal LM (:func:`sgpo.lm_head.decoder_and_head`) and a text
         batch in TRL's layout with a non-empty prompt.
         """
         if (

@@ -19,8 +19,6 @@ from typing import Any
 import torch
 from torch import nn
 
-import sgpo.ops
-
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "false").lower() in ("1", "true", "yes")
@@ -99,32 +97,6 @@ def enable_cpu_fsdp(accelerator: Any, plugin: Any = None) -> bool:
 
 def is_sharded(accelerator: Any) -> bool:
     return accelerator.distributed_type.value == "FSDP"
-
-
-def head_sequence_logps(
-    head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor, *, ignore_index: int = -100
-) -> torch.Tensor:
-    """:func:`sgpo.ops.fused_linear_sequence_logps` of ``hidden`` through the linear ``head``, with its full weight.
-
-    Under FSDP2 the head's weight is a shard (a DTensor) while its unit is resharded; then the op runs as the head's
-    own forward, where FSDP gathers the weight and registers the hooks that reduce-scatter its gradient. While the unit
-    is gathered (inside the FSDP root's forward, or after a forward that left it unsharded, as accelerate leaves the
-    final norm + head unit) the weight is a full tensor and the op takes it directly: a second call of a unit's
-    module would reshard the unit after its backward, before the modules it shares the unit with run theirs.
-    """
-    from torch.distributed.tensor import DTensor
-
-    def forward(h: torch.Tensor) -> torch.Tensor:
-        return sgpo.ops.fused_linear_sequence_logps(h, head.weight, labels, bias=head.bias, ignore_index=ignore_index)
-
-    if not isinstance(head.weight, DTensor):
-        return forward(hidden)
-    # an instance attribute shadows the class's forward for this one call; the module's hooks still run around it
-    head.forward = forward
-    try:
-        return head(hidden)
-    finally:
-        del head.forward
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -16,7 +16,7 @@ from torch import nn
 
 import sgpo.ops
 from sgpo.generation import format_prompt
-from sgpo.pipeline.distributed import head_sequence_logps
+from sgpo.lm_head import head_sequence_logps
 
 IGNORE_INDEX = -100
 
