@@ -184,7 +184,10 @@ class RunConfig:
 
     def validate(self) -> RunConfig:
         """Raise ``ValueError`` naming the key for any value the run cannot use; returns ``self``."""
+        from sgpo.pipeline.tracking import check_report_to
+
         _choice("method", self.method, METHODS)
+        self.logging.report_to = check_report_to(self.logging.report_to)
         _check("rounds", self.rounds, self.rounds >= 0, "an integer >= 0")
         if self.threads is not None:
             _check("threads", self.threads, self.threads >= 1, "an integer >= 1 or null")

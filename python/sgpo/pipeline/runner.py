@@ -33,6 +33,7 @@ from sgpo.pipeline.config import RunConfig, bundled_configs, load_config
 from sgpo.pipeline.context import RunContext
 from sgpo.pipeline.policy import load_policy
 from sgpo.pipeline.stages import annotate, evaluate, generate, report, solve, update
+from sgpo.pipeline.tracking import round_scalars
 
 
 def run(cfg: RunConfig) -> dict[str, Any]:
@@ -99,6 +100,10 @@ def run_round(ctx: RunContext, t: int) -> dict[str, Any]:
         metrics["cached"] = list(ctx.cached)
     if ctx.main:
         files.write_json(metrics_path, metrics)
+        if ctx.cfg.logging.report_to:
+            # the round's line of report.json, at the global step where its training ended
+            scalars = round_scalars(report.summary_row(metrics))
+            ctx.accelerator.log(scalars, step=update.global_step(ctx, t + 1))
     ctx.barrier()
     ctx.accelerator.free_memory()
     return metrics
