@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt CMakeLists.txt $(wildcard csr
 setup: $(VENV)/.installed
 
 demo: setup
-	$(VENV)/bin/sgpo run default
+	$(VENV)/bin/sgpo run demo
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -390,7 +390,14 @@ def test_evaluate_stage_scores_each_round_against_the_starting_model(
         expected, _, _ = judge.compare(prompts, [r["response"] for r in responses], [r["response"] for r in baseline])
         assert metrics["win_rate"] == pytest.approx(expected.win_rate) and row["win_rate"] == metrics["win_rate"]
         assert metrics["mean_score"] == pytest.approx(judge.scores(prompts, [r["response"] for r in responses]).mean())
+        # the paired difference from the starting model, with its interval, which the run's summary reads
+        differences = judge.scores(prompts, [r["response"] for r in responses]) - judge.scores(
+            prompts, [r["response"] for r in baseline]
+        )
+        assert metrics["difference"] == pytest.approx(differences.mean()) and metrics["prompts"] == 2
+        assert metrics["difference_low"] <= metrics["difference"] <= metrics["difference_high"]
     assert "](win_rate.png)" in (out / "report.md").read_text() and (out / "win_rate.png").is_file()
+    assert "Gold judge 'verifiable' on 2 held-out prompts" in (out / "report.md").read_text()
 
 
 def test_reward_model_judge_scores_with_a_sequence_classifier(tmp_path: Path, tiny_model_dir: Path) -> None:

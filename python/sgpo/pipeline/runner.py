@@ -49,8 +49,9 @@ def run(cfg: RunConfig) -> dict[str, Any]:
         for row in summary["rounds"]:
             loss, acc = report.cell(row["loss"]), report.cell(row["reward_accuracy"])
             extra = f", mass moved {report.cell(row['mass_moved'])}" if row["mass_moved"] is not None else ""
-            win = f", win rate {report.cell(row['win_rate'])}" if row["win_rate"] is not None else ""
-            print(f"[sgpo] round {row['round']}: {row['pairs']} pairs, loss {loss}, reward acc. {acc}{extra}{win}")
+            print(f"[sgpo] round {row['round']}: {row['pairs']} pairs, loss {loss}, reward acc. {acc}{extra}")
+        for line in report.gold_summary(cfg, rounds):
+            print(f"[sgpo] {line}")
         print(f"[sgpo] done in {time.perf_counter() - started:.0f} s; report: {path}")
     if cfg.logging.report_to:
         ctx.accelerator.end_training()

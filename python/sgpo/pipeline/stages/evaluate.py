@@ -8,7 +8,8 @@ checkpoint round ``t`` saved. Writes:
     <name>_parts/                         one part file per chunk of prompts while either is sampled
 
 and returns the round's evaluation metrics (the win rate with ties as 1/2, the LC win rate, wins / ties / losses,
-the mean scores), which the round's ``metrics.json`` keeps under ``eval``.
+the mean scores, the paired score difference with its 95% bootstrap interval), which the round's ``metrics.json``
+keeps under ``eval``.
 """
 
 from __future__ import annotations
@@ -55,9 +56,15 @@ def evaluate(ctx: RunContext, t: int, model: Any) -> dict[str, Any]:
     judge = build_judge(cfg.judge.name, dict(cfg.judge.options), None)
     compared = compare_responses(judge, prompts, candidates, baseline)
     report = {k: float(v) for k, v in vars(compared.win).items()}
+    paired = compared.paired
     report.update(
         mean_score=float(np.mean(compared.candidate_scores)),
         baseline_mean_score=float(np.mean(compared.baseline_scores)),
+        prompts=len(prompts),
+        # the mean per-prompt gold-score difference from the starting model and its 95% bootstrap interval
+        difference=float(paired.difference.mean),
+        difference_low=float(paired.difference.low),
+        difference_high=float(paired.difference.high),
     )
     return report
 

@@ -6,7 +6,9 @@ Reads every round's ``metrics.json`` (as the rounds return it) and, in ``round_<
     metrics.jsonl     every training step of every round
     report.json       per round: pairs, loss, reward accuracy, the follower's value and moved mass, the win rate,
                       seconds
-    report.md         the same as a table, with win_rate.png, margins.png and follower.png where the run has them
+    report.md         the same as a table, what the gold judge says about the last round against the starting model
+                      (scores, paired difference and interval, noise or not), and win_rate.png, margins.png and
+                      follower.png where the run has them
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def write_report(ctx: RunContext, rounds: list[dict[str, Any]], seconds: float) 
         files.write_json(ctx.out / "report.json", report)
         lines = [f"# sgpo run: {ctx.cfg.method}", "", HEADER, "|" + "---|" * len(COLUMNS)]
         lines += ["| " + " | ".join(cell(r[c]) for c in COLUMNS) + " |" for r in rows]
+        summary = gold_summary(ctx.cfg, rounds)
+        if summary:
+            lines += ["", " ".join(summary)]
         lines += ["", *plots(ctx.out, rounds)]
         with files.atomic_path(ctx.out / "report.md") as tmp:
             tmp.write_text("\n".join(lines) + "\n")
@@ -90,6 +95,39 @@ def summary_row(metrics: dict[str, Any]) -> dict[str, Any]:
         "win_rate": metrics.get("eval", {}).get("win_rate"),
         "seconds": metrics.get("seconds"),
     }
+
+
+def gold_summary(cfg: Any, rounds: list[dict[str, Any]]) -> list[str]:
+    """What the gold judge says about the last evaluated round against the starting model, in plain sentences: the
+    mean scores, the paired difference with its 95% interval, whether that interval tells it from noise at this many
+    prompts, and the command of the real comparison. Empty when no round was evaluated."""
+    evaluated = [m for m in rounds if "difference" in m.get("eval", {})]
+    if not evaluated:
+        return []
+    last = evaluated[-1]
+    e, judge = last["eval"], cfg.evaluate.judge.name
+    d, low, high, n = e["difference"], e["difference_low"], e["difference_high"], int(e["prompts"])
+    lines = [
+        f"Gold judge '{judge}' on {n} held-out prompts: mean score {e['baseline_mean_score']:.3f} for the starting "
+        f"model, {e['mean_score']:.3f} after round {last['round']}; paired difference {d:+.3f}, 95% interval "
+        f"[{low:+.3f}, {high:+.3f}].",
+    ]
+    if low > 0 or high < 0:
+        lines.append(
+            f"The interval excludes 0: at {n} prompts this {'gain' if d > 0 else 'loss'} is distinguishable from "
+            "noise, for this one seed and this one run."
+        )
+    else:
+        lines.append(f"The interval includes 0: at {n} prompts this difference cannot be told from noise.")
+    if cfg.evaluate.prompts == "hidden":
+        command = (
+            f"python benchmarks/paper_table.py --task hidden:{judge} --rows 1 2 3 4 5 --seeds 1 2 3 --num-prompts 256"
+            " (docs/results-hidden.md)"
+        )
+    else:
+        command = "python benchmarks/paper_table.py (docs/benchmarks.md)"
+    lines.append(f"The real comparison, every method against the same seed over three seeds: {command}")
+    return lines
 
 
 def cell(value: Any) -> str:
