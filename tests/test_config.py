@@ -122,3 +122,16 @@ def test_cli_reports_config_errors_before_any_work(capsys: pytest.CaptureFixture
     assert main(["run", "tiny", "train.nope=1"]) == 2
     err = capsys.readouterr().err
     assert "sgpo run: error: train.nope: unknown config key" in err
+
+
+def test_the_pipeline_refuses_length_normalised_losses_by_name_and_takes_the_rest() -> None:
+    from sgpo.pipeline.config import PIPELINE_LOSS_TYPES
+
+    assert {"nca_pair", "bco_pair", "apo_zero", "discopop", "aot"} <= set(PIPELINE_LOSS_TYPES)
+    cfg = load_config("tiny", ["method=dpo", "rounds=0", "train.loss_type=nca_pair"])
+    assert cfg.train.loss_type == "nca_pair"
+    for loss in ("simpo", "sigmoid_norm"):
+        with pytest.raises(ValueError, match=f"train.loss_type: '{loss}' normalises by response length"):
+            load_config("tiny", ["method=dpo", "rounds=0", f"train.loss_type={loss}"])
+    with pytest.raises(ValueError, match="train.label_smoothing: expected EXO's epsilon in"):
+        load_config("tiny", ["method=dpo", "rounds=0", "train.loss_type=exo_pair"])

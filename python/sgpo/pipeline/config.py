@@ -157,6 +157,21 @@ class LoggingConfig:
     progress: bool = True
 
 
+# the losses of sgpo's loss ops that the update stage computes as the papers define them: every type but those that
+# divide by a response's token count, which the stage's summed log-probs do not carry (SGPODPOTrainer and sgpo.nn do)
+PIPELINE_LOSS_TYPES = tuple(x for x in LOSS_TYPES if x not in ("sigmoid_norm", "sft", "simpo", "cpo", "orpo"))
+
+
+def _pipeline_loss(key: str, value: str, exclude: tuple[str, ...] = ()) -> None:
+    allowed = tuple(x for x in PIPELINE_LOSS_TYPES if x not in exclude)
+    if value in LOSS_TYPES and value not in PIPELINE_LOSS_TYPES:
+        raise ValueError(
+            f"{key}: {value!r} normalises by response length, which the pipeline's update does not compute (train it "
+            f"with SGPODPOTrainer or sgpo.nn); expected one of {', '.join(allowed)}"
+        )
+    _choice(key, value, allowed)
+
+
 @dataclass
 class RunConfig:
     method: str = "ssapo"
@@ -229,7 +244,9 @@ class RunConfig:
         if f.backend == "paper" and f.space != "probability":
             raise ValueError("follower.backend: 'paper' exists only for follower.space=probability")
         t = self.train
-        _choice("train.loss_type", t.loss_type, LOSS_TYPES)
+        _pipeline_loss("train.loss_type", t.loss_type)
+        if t.loss_type == "exo_pair":
+            _check("train.label_smoothing", t.label_smoothing, 0 < t.label_smoothing < 1, "EXO's epsilon in (0, 1)")
         if self.method == "ssapo" and t.loss_type != "ssapo":
             raise ValueError(f"train.loss_type: method 'ssapo' trains the 'ssapo' loss, got {t.loss_type!r}")
         if self.method == "sppo" and t.loss_type not in ("sppo", "sppo_hard"):
@@ -250,7 +267,7 @@ class RunConfig:
         _choice("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
         r = self.round0
         if r.enabled:
-            _choice("round0.loss_type", r.loss_type, tuple(x for x in LOSS_TYPES if x not in ("sppo", "ssapo")))
+            _pipeline_loss("round0.loss_type", r.loss_type, exclude=("sppo", "ssapo", "exo_pair"))
             if r.epochs is not None:
                 _check("round0.epochs", r.epochs, r.epochs >= 1, "an integer >= 1")
             for name in ("beta", "learning_rate"):
