@@ -47,20 +47,6 @@ LOGITS_DTYPES = ("float32", "bfloat16", "float16")
 # DESIGN 1.1's losses in every input dtype; the kernel's other per-pair types (TRL's table, SimPO, CPO, ORPO; aot sorts
 # the batch in PyTorch and reuses the sigmoid branch) and the f-divergence branches in bfloat16, the training dtype.
 LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "sppo_hard", "sppo", "ssapo")
-MORE_LOSS_TYPES = (
-    "exo_pair",
-    "nca_pair",
-    "bco_pair",
-    "apo_zero",
-    "apo_down",
-    "discopop",
-    "sft",
-    "sigmoid_norm",
-    "simpo",
-    "cpo",
-    "orpo",
-)
-F_DIVERGENCES = ("forward_kl", "js_divergence", "alpha_divergence")
 # The paper's K = 6, one piece, and wider worst cases: BLOCK_K 8, 1, 16 and 64.
 PIECES = (6, 1, 16, 64)
 
@@ -248,10 +234,12 @@ def _more_preference_cases() -> list[TritonCase]:
     per-pair weights (and lengths where the loss normalises by them)."""
     import torch
     from sgpo.kernels.preference import preference_pair_losses
-    from sgpo.loss_args import LENGTH_NORMALISED
+    from sgpo.loss_args import BATCH_COUPLED, F_DIVERGENCES, LENGTH_NORMALISED
+    from sgpo.loss_args import LOSS_TYPES as ALL_LOSS_TYPES
 
     batch, dtype = 64, torch.bfloat16
-    branches = [(t, "reverse_kl") for t in MORE_LOSS_TYPES] + [("sigmoid", f) for f in F_DIVERGENCES]
+    more = [t for t in ALL_LOSS_TYPES if t not in LOSS_TYPES and t not in BATCH_COUPLED]
+    branches = [(t, "reverse_kl") for t in more] + [("sigmoid", f) for f in F_DIVERGENCES if f != "reverse_kl"]
     cases = []
     for loss_type, divergence in branches:
         for weighted in (False, True):

@@ -394,6 +394,21 @@ if trainer.accelerator.is_main_process:
 """
 
 
+def train_in_two_processes(tmp_path: Path, model_dir: Path, options: dict) -> dict:
+    """SGPODPOTrainer on the eight pairs in two DDP processes (gloo) with ``options``: the main process's result."""
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    rows = {"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    command += [str(model_dir), str(tmp_path / "ddp"), json.dumps(rows), json.dumps(options)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, launch_output(done)
+    ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
+    assert ddp["processes"] == 2
+    return ddp
+
+
 @pytest.mark.slow
 def test_ssapo_batch_mode_gathers_margins_across_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Two DDP processes with 4 pairs each take the same steps as one process with all 8: one follower per step."""
@@ -418,17 +433,7 @@ def test_ssapo_batch_mode_gathers_margins_across_processes(tiny_model_dir: Path,
         "seed",
         "disable_tqdm",
     )
-    worker_options = {key: getattr(options, key) for key in keys}
-    script = tmp_path / "worker.py"
-    script.write_text(DDP_WORKER)
-    rows = {"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    command += [str(tiny_model_dir), str(tmp_path / "ddp"), json.dumps(rows), json.dumps(worker_options)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, launch_output(done)
-    ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
-    assert ddp["processes"] == 2
+    ddp = train_in_two_processes(tmp_path, tiny_model_dir, {key: getattr(options, key) for key in keys})
 
     single = train(
         SGPODPOTrainer,

@@ -8,10 +8,6 @@ values to rel 1e-5 and parameters to 1e-4 (the tolerances of the other sgpo-back
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,30 +15,22 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("trl")
 
-from conftest import launch_output  # noqa: E402
 from sgpo.integrations.trl import SGPODPOConfig, SGPODPOTrainer  # noqa: E402
 from test_integration_trl import (  # noqa: E402
-    CHOSEN,
-    DDP_WORKER,
     PROMPTS,
-    REJECTED,
     assert_same_training,
     config,
     one_full_batch_step,
     pairs,
     step_logs,
     train,
+    train_in_two_processes,
 )
 from transformers import AutoTokenizer  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# the tiny model is far too small to gain from threads
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def count_decoder_rows(trainer: SGPODPOTrainer) -> list[tuple[int, int]]:
@@ -120,17 +108,7 @@ def test_two_ddp_processes_pack_and_match_one_process(tiny_model_dir: Path, tmp_
         "beta", "logging_steps", "report_to", "use_cpu", "bf16", "save_strategy", "seed", "disable_tqdm",
         "logps_backend",
     )  # fmt: skip
-    worker_options = {key: getattr(options, key) for key in keys}
-    script = tmp_path / "worker.py"
-    script.write_text(DDP_WORKER)
-    rows = {"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    command += [str(tiny_model_dir), str(tmp_path / "ddp"), json.dumps(rows), json.dumps(worker_options)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, launch_output(done)
-    ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
-    assert ddp["processes"] == 2
+    ddp = train_in_two_processes(tmp_path, tiny_model_dir, {key: getattr(options, key) for key in keys})
     # packed: one decoder call per step, one row per pair at most (TRL's layout would send 2 rows per pair)
     assert len(ddp["decoder_inputs"]) == 2 and all(rows <= 4 for rows, _ in ddp["decoder_inputs"]), ddp
 

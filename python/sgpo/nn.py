@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from sgpo.loss_args import REFERENCE_FREE, check_label_smoothing, check_loss_options
-from sgpo.nn_policy import chosen_nll, logits_means, policy_logps
+from sgpo.nn_policy import chosen_nll, liger_aux, policy_logps
 from sgpo.nn_reference_free import FusedLinearCPOLoss, FusedLinearORPOLoss, FusedLinearSimPOLoss
 from sgpo.ops import fused_linear_sequence_logps, preference_losses
 from sgpo.reference import SPACES
@@ -212,14 +212,5 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
                 policy, lin_weight, _input, bias, ignore_index=self.ignore_index, chunk_tokens=self.chunk_tokens
             )
             loss = loss + self.alpha * nll
-        chosen_logits_mean, rejected_logits_mean = logits_means(lin_weight, _input, bias)
-        aux = (
-            policy.chosen.detach(),
-            policy.rejected.detach(),
-            chosen_logits_mean,
-            rejected_logits_mean,
-            nll.detach(),
-            out.chosen_rewards,
-            out.rejected_rewards,
-        )
+        aux = liger_aux(policy, lin_weight, _input, bias, nll, out.chosen_rewards, out.rejected_rewards)
         return loss, aux

@@ -81,3 +81,26 @@ def logits_means(
         row_sums = row_sums + seq_len * bias.float().sum()
     scale = n_pairs * seq_len * lin_weight.shape[0]
     return row_sums[:n_pairs].sum() / scale, row_sums[n_pairs:].sum() / scale
+
+
+def liger_aux(
+    policy: PolicyLogps,
+    lin_weight: torch.Tensor,
+    _input: torch.Tensor,
+    bias: torch.Tensor | None,
+    nll: torch.Tensor,
+    chosen_rewards: torch.Tensor,
+    rejected_rewards: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """The auxiliary outputs of Liger's fused pair losses, in its order: chosen and rejected log-probs, their logits'
+    means, the NLL term, the chosen and rejected rewards."""
+    chosen_logits_mean, rejected_logits_mean = logits_means(lin_weight, _input, bias)
+    return (
+        policy.chosen.detach(),
+        policy.rejected.detach(),
+        chosen_logits_mean,
+        rejected_logits_mean,
+        nll.detach(),
+        chosen_rewards,
+        rejected_rewards,
+    )

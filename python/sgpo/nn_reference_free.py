@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sgpo.loss_args import check_label_smoothing
-from sgpo.nn_policy import PolicyLogps, chosen_nll, logits_means, policy_logps
+from sgpo.nn_policy import PolicyLogps, chosen_nll, liger_aux, policy_logps
 from sgpo.ops import preference_losses
 from sgpo.reference import orpo_log_odds
 
@@ -49,16 +49,7 @@ class _ReferenceFreeLoss(torch.nn.Module):
         if not self.compute_nll_loss:
             nll = torch.zeros_like(nll.detach())
         loss = self.alpha * nll + out.losses.mean()
-        chosen_logits_mean, rejected_logits_mean = logits_means(lin_weight, _input, bias)
-        aux = (
-            policy.chosen.detach(),
-            policy.rejected.detach(),
-            chosen_logits_mean,
-            rejected_logits_mean,
-            nll.detach(),
-            out.chosen_rewards,
-            out.rejected_rewards,
-        )
+        aux = liger_aux(policy, lin_weight, _input, bias, nll, out.chosen_rewards, out.rejected_rewards)
         return loss, aux, policy
 
 
