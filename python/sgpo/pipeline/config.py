@@ -120,6 +120,9 @@ class TrainConfig:
     mixed_precision: str = "auto"
     # optimizer steps between saved training states: a killed round resumes from the last one (null: never save)
     save_steps: int | None = 50
+    # each micro-batch's pairs as [prompt, chosen, rejected] sequences in one forward, every prompt once (DESIGN 6);
+    # false: one padded row per chosen and per rejected response
+    packed: bool = True
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import sgpo.ops
-from sgpo.pipeline.scoring import SequenceScorer, collate
+from sgpo.pipeline.scoring import SequenceScorer, collate, pack_rows
 
 
 @dataclass
@@ -94,6 +94,7 @@ class TrainSettings:
     warmup_ratio: float
     max_grad_norm: float | None
     seed: int
+    packed: bool = True
 
 
 class TrainState:
@@ -280,8 +281,10 @@ def train_round(
             ]
             for j, positions in enumerate(micro):
                 idx, w = part[positions], torch.as_tensor(weight[positions], dtype=torch.float32, device=device)
-                rows = [pairs[i][0] for i in idx] + [pairs[i][1] for i in idx]
-                inputs = {k: v.to(device) for k, v in collate(rows, pad_id).items()}
+                chosen, rejected = [pairs[i][0] for i in idx], [pairs[i][1] for i in idx]
+                # one forward of the micro-batch with each prompt once (DESIGN 6), else one row per sequence
+                packed = pack_rows(chosen, rejected, pad_id) if settings.packed else None
+                inputs = {k: v.to(device) for k, v in (packed or collate(chosen + rejected, pad_id)).items()}
                 sync = j == len(micro) - 1
                 context = accelerator.no_sync(scorer) if not sync else contextlib.nullcontext()
                 with context, accelerator.autocast():

@@ -17,6 +17,7 @@ from torch import nn
 import sgpo.ops
 from sgpo.generation import format_prompt
 from sgpo.lm_head import head_sequence_logps
+from sgpo.packing import PackedPairs, packed_hidden_states
 
 IGNORE_INDEX = -100
 
@@ -64,13 +65,26 @@ class SequenceScorer(nn.Module):
     def _base(self) -> nn.Module:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **packed: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-row log-probs of right-padded rows (``attention_mask``, ``labels``), or with the fields of
+        :class:`sgpo.packing.PackedPairs` as keywords (``input_ids``, ``position_ids``, ``pair``, ``segment``,
+        ``sources``, ``targets``; from :func:`pack_rows`) the chosen then the rejected log-probs of packed pairs."""
         base = self._base()
-        hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         head = base.get_output_embeddings()
-        labelled = (labels != IGNORE_INDEX).any(0).nonzero()
-        start = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
-        hidden, labels = hidden[:, start:], labels[:, start:]
+        if packed:
+            pairs = PackedPairs(input_ids=input_ids, **packed)
+            hidden, labels = packed_hidden_states(base.get_decoder(), pairs), pairs.targets
+        else:
+            hidden = base.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            labelled = (labels != IGNORE_INDEX).any(0).nonzero()
+            start = int(labelled[0]) if len(labelled) else labels.shape[1] - 1
+            hidden, labels = hidden[:, start:], labels[:, start:]
         # ZeRO-3 swaps the head's weight for a gathered one only inside its own forward: there the plain head runs
         if not hasattr(head.weight, "ds_id"):
             return head_sequence_logps(head, hidden, labels, ignore_index=IGNORE_INDEX)
@@ -80,6 +94,30 @@ class SequenceScorer(nn.Module):
     def _no_split_modules(self) -> list[str] | None:
         # accelerate's FSDP wrap policy reads the decoder layer classes from the module it prepares
         return getattr(self._base(), "_no_split_modules", None)
+
+
+def pack_rows(
+    chosen: Sequence[tuple[list[int], list[int]]], rejected: Sequence[tuple[list[int], list[int]]], pad_id: int
+) -> dict[str, torch.Tensor] | None:
+    """The pairs of :func:`encode` rows (each chosen row with the rejected row of the same prompt) packed as
+    [prompt, chosen, rejected] sequences (:mod:`sgpo.packing`), as :class:`SequenceScorer` keywords; None when some
+    pair's two rows do not share their prompt tokens (then score the rows as they are)."""
+    from dataclasses import asdict
+
+    from sgpo.packing import pack_pairs
+
+    parts: list[tuple[list[int], list[int], list[int]]] = []
+    for (c_ids, c_labels), (r_ids, r_labels) in zip(chosen, rejected, strict=True):
+        # labels[t] is the token at t + 1 on the response: the prompt is everything up to the first labelled t
+        c_start = next(t for t, label in enumerate(c_labels) if label != IGNORE_INDEX) + 1
+        r_start = next(t for t, label in enumerate(r_labels) if label != IGNORE_INDEX) + 1
+        if c_start != r_start or c_ids[:c_start] != r_ids[:r_start]:
+            return None
+        parts.append((c_ids[:c_start], c_ids[c_start:], r_ids[r_start:]))
+    prompts, chosen_ids, rejected_ids = zip(*parts, strict=True)
+    # rows as long as the longest pair: shorter pairs share a row, none is cut
+    budget = max(sum(len(x) for x in part) for part in parts)
+    return asdict(pack_pairs(prompts, chosen_ids, rejected_ids, max_tokens=budget, pad_token_id=pad_id))
 
 
 @torch.no_grad()

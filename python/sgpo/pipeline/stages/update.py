@@ -83,6 +83,7 @@ def update(
         warmup_ratio=train.warmup_ratio,
         max_grad_norm=train.max_grad_norm,
         seed=ctx.cfg.seed * 1000 + t,
+        packed=train.packed,
     )
     prompts = [p["prompt"] for p in pairs]
     chosen = policy.encode_rows(ctx, prompts, [p["chosen"] for p in pairs])
