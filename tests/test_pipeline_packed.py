@@ -80,3 +80,19 @@ def test_a_packed_run_trains_as_the_padded_run(
     # every micro-batch of the packed run was packed; the padded run packed none
     assert packed_batches and all(packed_batches) and len(packed_batches) >= len(losses[True])
     assert losses[True] == pytest.approx(losses[False], rel=1e-4)
+
+
+def test_the_packed_reference_pass_equals_the_padded_rows(tiny_model_dir: Path) -> None:
+    from sgpo.pipeline.scoring import score_pairs, score_rows
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    chosen, rejected = (
+        [encode(tokenizer, p, r, system_prompt=None, max_length=64) for p, r in zip(PROMPTS, side, strict=True)]
+        for side in (CHOSEN, REJECTED)
+    )
+    scorer = SequenceScorer(load_model(tiny_model_dir, dtype="float32"))
+    options = dict(pad_id=tokenizer.pad_token_id, batch_size=3, device="cpu")
+    rows = score_rows(scorer, chosen + rejected, **options).reshape(2, len(PROMPTS))
+    pairs = score_pairs(scorer, chosen, rejected, **options)
+    assert pairs.shape == (2, len(PROMPTS))
+    assert pairs == pytest.approx(rows, rel=1e-5)

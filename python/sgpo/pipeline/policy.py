@@ -134,6 +134,29 @@ def sharded_logps(ctx: RunContext, model: Any, rows: Rows) -> np.ndarray:
     return out
 
 
+def sharded_pair_logps(ctx: RunContext, model: Any, chosen: Rows, rejected: Rows) -> np.ndarray:
+    """(2, pairs) log-probs of each pair's chosen and rejected row, the pairs split over the processes, each batch
+    packed with every prompt once (:func:`sgpo.pipeline.scoring.score_pairs`), gathered back in order."""
+    from accelerate.utils import gather_object
+
+    from sgpo.pipeline.scoring import SequenceScorer, score_pairs
+
+    world, rank = ctx.accelerator.num_processes, ctx.accelerator.process_index
+    mine = list(range(rank, len(chosen), world))
+    values = score_pairs(
+        SequenceScorer(ctx.accelerator.unwrap_model(model)),
+        [chosen[i] for i in mine],
+        [rejected[i] for i in mine],
+        pad_id=ctx.tokenizer.pad_token_id,
+        batch_size=ctx.cfg.train.per_device_batch_size,
+        device=ctx.accelerator.device,
+    )
+    out = np.zeros((2, len(chosen)), dtype=np.float64)
+    for i, c, r in gather_object(list(zip(mine, values[0].tolist(), values[1].tolist(), strict=True))):
+        out[:, i] = (c, r)
+    return out
+
+
 def sft_model(ctx: RunContext) -> Any:
     """The frozen base model (the reference of a full fine-tuning run), loaded once per run."""
     from sgpo.models import load_model

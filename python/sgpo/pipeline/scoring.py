@@ -137,3 +137,31 @@ def score_rows(
     finally:
         scorer.train(was_training)
     return out
+
+
+@torch.no_grad()
+def score_pairs(
+    scorer: nn.Module,
+    chosen: Sequence[tuple[list[int], list[int]]],
+    rejected: Sequence[tuple[list[int], list[int]]],
+    *,
+    pad_id: int,
+    batch_size: int,
+    device: Any,
+) -> np.ndarray:
+    """(2, pairs) log-probs (float64) of each pair's chosen and rejected row, ``batch_size`` pairs at a time, longest
+    first, each batch packed with every prompt once (:func:`pack_rows`) or, where it cannot be, as padded rows."""
+    was_training = scorer.training
+    scorer.eval()
+    order = sorted(range(len(chosen)), key=lambda i: -(len(chosen[i][0]) + len(rejected[i][0])))
+    out = np.zeros((2, len(chosen)), dtype=np.float64)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            pair_rows = [chosen[i] for i in chunk], [rejected[i] for i in chunk]
+            inputs = pack_rows(*pair_rows, pad_id) or collate(pair_rows[0] + pair_rows[1], pad_id)
+            logps = scorer(**{k: v.to(device) for k, v in inputs.items()}).double().cpu().numpy()
+            out[:, chunk] = logps.reshape(2, len(chunk))
+    finally:
+        scorer.train(was_training)
+    return out

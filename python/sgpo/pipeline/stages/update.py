@@ -94,7 +94,11 @@ def update(
         if all("ref_chosen_logps" in p for p in pairs):
             ref = np.array([[p["ref_chosen_logps"] for p in pairs], [p["ref_rejected_logps"] for p in pairs]])
         else:
-            ref = policy.sharded_logps(ctx, model, chosen + rejected).reshape(2, len(pairs))
+            ref = (
+                policy.sharded_pair_logps(ctx, model, chosen, rejected)
+                if train.packed
+                else policy.sharded_logps(ctx, model, chosen + rejected).reshape(2, len(pairs))
+            )
         if ctx.main:
             with files.atomic_path(ref_path) as tmp:
                 save_file({"ref_logps": ref}, str(tmp))
