@@ -211,7 +211,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
         phases.wrap(packing, "head_token_logps", "head forward")
         phases.wrap(packing, "model_attention_mask", "mask building")
-        phases.wrap(trl_forward, "pack_pairs", "mask building")
+        phases.wrap(trl_forward, "pack_pairs", "packing")
         phases.wrap(trl_utils._ChunkedLogProbFunction, "apply", "head forward")
         phases.wrap(trainer.accelerator, "backward", "backward", split_reference=False)
         phases.wrap(trainer, "training_step", "training step", split_reference=False)

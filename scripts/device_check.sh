@@ -43,9 +43,19 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 fi
 
 if [ "${SGPO_DEVICE_CHECK_BUILD:-1}" = "1" ]; then
-  # The same build as a user's `pip install .`, with the CUDA follower required (SGPO_CUDA=ON fails without nvcc).
+  # The same build as a user's `pip install .`, with the CUDA follower required (SGPO_CUDA=ON fails without nvcc);
+  # only a CPU rehearsal builds without it.
+  if ! command -v nvcc > /dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+    export PATH="/usr/local/cuda/bin:$PATH"
+  fi
   CUDA=ON
-  command -v nvcc > /dev/null || CUDA=OFF
+  if ! command -v nvcc > /dev/null; then
+    if [ ${#REHEARSE[@]} -eq 0 ]; then
+      echo "device_check.sh: no nvcc on PATH or in /usr/local/cuda/bin: the CUDA follower cannot be built" >&2
+      exit 3
+    fi
+    CUDA=OFF
+  fi
   echo "== building sgpo (SGPO_CUDA=$CUDA) into $SITE; log: $OUT/build.log"
   start=$SECONDS
   if ! SGPO_CUDA=$CUDA CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" timeout 600 "$PYTHON" -m pip install --no-deps \

@@ -17,7 +17,13 @@ pin() {
   echo "$line"
 }
 
-REQUIREMENTS=("$(pin trl)" "$(pin datasets)" "$(pin liger-kernel)" "$(pin dill)" "$(pin multiprocess)" "$@")
+# one pin per assignment, so that a missing one stops the script before anything is deleted
+REQUIREMENTS=()
+for name in trl datasets liger-kernel dill multiprocess; do
+  requirement="$(pin "$name")"
+  REQUIREMENTS+=("$requirement")
+done
+REQUIREMENTS+=("$@")
 rm -rf "$DEST"
 mkdir -p "$DEST"
 PLATFORMS=()

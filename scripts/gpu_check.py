@@ -3,8 +3,9 @@
 Part a, correctness:
 1. The device tests: the CUDA follower against the CPU path (tests/test_follower_cuda.py), the Triton kernels
    against the PyTorch references in float32, bfloat16 and float16 with the 2x same-dtype error rule, the fused
-   linear log-probs against TRL-style PyTorch (tests/test_gpu_kernels.py), and the sm_80/sm_90 resource checks
-   (tests/test_gpu_compile.py).
+   linear log-probs against TRL-style PyTorch (tests/test_gpu_kernels.py), packed prefix-shared pairs under
+   flex_attention and SDPA against the unpacked forward (tests/test_gpu_packing.py), and the sm_80/sm_90 resource
+   checks (tests/test_gpu_compile.py).
 2. The follower at n = 1e5, 1e6 and 1e7: CUDA against the C++ CPU path, time and equal results
    (benchmarks/bench_follower.py).
 

@@ -127,11 +127,17 @@ def test_cli_reports_config_errors_before_any_work(capsys: pytest.CaptureFixture
 def test_the_pipeline_refuses_length_normalised_losses_by_name_and_takes_the_rest() -> None:
     from sgpo.pipeline.config import PIPELINE_LOSS_TYPES
 
-    assert {"nca_pair", "bco_pair", "apo_zero", "discopop", "aot"} <= set(PIPELINE_LOSS_TYPES)
-    cfg = load_config("tiny", ["method=dpo", "rounds=0", "train.loss_type=nca_pair"])
-    assert cfg.train.loss_type == "nca_pair"
-    for loss in ("simpo", "sigmoid_norm"):
-        with pytest.raises(ValueError, match=f"train.loss_type: '{loss}' normalises by response length"):
-            load_config("tiny", ["method=dpo", "rounds=0", f"train.loss_type={loss}"])
+    assert {"nca_pair", "bco_pair", "apo_zero", "discopop", "exo_pair"} <= set(PIPELINE_LOSS_TYPES)
+    # round 0 (and method dpo, which is round 0 alone) trains round0.loss_type
+    cfg = load_config("tiny", ["method=dpo", "rounds=0", "train.loss_type=sigmoid", "round0.loss_type=nca_pair"])
+    assert cfg.round0.loss_type == "nca_pair"
+    for loss, why in (("simpo", "normalises by response length"), ("aot", "sorts the whole batch")):
+        with pytest.raises(ValueError, match=f"round0.loss_type: '{loss}' {why}"):
+            load_config("tiny", ["method=dpo", "rounds=0", "train.loss_type=sigmoid", f"round0.loss_type={loss}"])
     with pytest.raises(ValueError, match="train.label_smoothing: expected EXO's epsilon in"):
-        load_config("tiny", ["method=dpo", "rounds=0", "train.loss_type=exo_pair"])
+        load_config("tiny", ["method=dpo", "rounds=0", "train.loss_type=sigmoid", "round0.loss_type=exo_pair"])
+    cfg = load_config(
+        "tiny",
+        ["method=dpo", "rounds=0", "train.loss_type=sigmoid", "round0.loss_type=exo_pair", "train.label_smoothing=0.1"],
+    )
+    assert cfg.round0.loss_type == "exo_pair"

@@ -1,5 +1,5 @@
 """Packed, prefix-shared pairs on a CUDA device: the flex_attention block mask, forward and backward (the CPU has no
-flex backward), and the SDPA mask in bfloat16, against the unpacked forward of each sequence."""
+flex backward), and the SDPA mask, against the unpacked forward of each sequence (float32)."""
 
 from __future__ import annotations
 

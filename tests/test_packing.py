@@ -58,15 +58,15 @@ def tiny_model(family: str, backend: str, seed: int = 0) -> transformers.PreTrai
 
 
 def random_pairs(seed: int = 1) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
-    """Odd lengths, one empty prompt, one-token responses on either side."""
+    """Odd lengths, one empty prompt, one-token responses on either side, one empty response."""
     g = torch.Generator().manual_seed(seed)
 
     def tokens(n: int) -> list[int]:
         return torch.randint(1, VOCAB, (n,), generator=g).tolist()
 
-    prompts = [tokens(5), [], tokens(3), tokens(7), tokens(1)]
-    chosen = [tokens(4), tokens(6), tokens(1), tokens(3), tokens(9)]
-    rejected = [tokens(2), tokens(3), tokens(5), tokens(1), tokens(1)]
+    prompts = [tokens(5), [], tokens(3), tokens(7), tokens(1), tokens(4)]
+    chosen = [tokens(4), tokens(6), tokens(1), tokens(3), tokens(9), tokens(3)]
+    rejected = [tokens(2), tokens(3), tokens(5), tokens(1), tokens(1), []]
     return prompts, chosen, rejected
 
 
@@ -95,7 +95,7 @@ def test_packed_logps_and_gradients_equal_the_unpacked_forward(family: str, back
     expected_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
     packed_model = tiny_model(family, backend)
-    # a budget that packs several pairs per row: rows longer than the sliding windows, some pairs split across rows
+    # a budget that packs several pairs per row: rows longer than the sliding windows
     packed = pack_pairs(prompts, chosen, rejected, max_tokens=24)
     assert packed.input_ids.shape[0] >= 2 and packed.input_ids.shape[1] > 5
     got = torch.stack(packed_sequence_logps(*decoder_and_head(packed_model), packed))
@@ -179,3 +179,18 @@ def test_the_flex_attention_block_mask_gives_the_same_logps() -> None:
         want = torch.stack(packed_sequence_logps(*decoder_and_head(sdpa), packed))
         got = torch.stack(packed_sequence_logps(*decoder_and_head(flex), packed))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_backends_and_layers_that_take_no_mask_are_named() -> None:
+    from sgpo.packing import model_attention_mask, unsupported
+
+    model = tiny_model("llama", "sdpa")
+    packed = pack_pairs([[1, 2]], [[3]], [[4]])
+    assert unsupported(model) is None
+    model.config._attn_implementation = "flash_attention_2"
+    assert "attention backend 'flash_attention_2' takes no prefix-sharing mask" in unsupported(model)
+    with pytest.raises(ValueError, match="model: attention backend 'flash_attention_2'"):
+        model_attention_mask(model, packed)
+    model.config._attn_implementation = "sdpa"
+    model.config.layer_types = ["full_attention", "linear_attention"]
+    assert "layer types ['linear_attention'] take no causal mask" in unsupported(model)

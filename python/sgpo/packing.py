@@ -69,9 +69,8 @@ class PackedPairs:
         seen = same_pair & causal & ~crossed
         if sliding_window is not None:
             seen &= self.position_ids.unsqueeze(2) - self.position_ids.unsqueeze(1) < sliding_window
-        # a row's trailing padding sees only itself, so no query row is empty (an all-masked softmax gives NaN)
-        padding = self.segment == PADDING
-        seen |= padding.unsqueeze(2) & (index.view(1, length, 1) == index.view(1, 1, length))
+        # a row's trailing padding shares pair -1, so it sees itself and the padding before it: no query row is empty
+        # (an all-masked softmax gives NaN)
         return seen
 
     def block_mask(self, sliding_window: int | None = None) -> object:
@@ -85,7 +84,7 @@ class PackedPairs:
             seen = seen & ~((segment[b, q] == REJECTED) & (segment[b, k] == CHOSEN))
             if sliding_window is not None:
                 seen = seen & (position[b, q] - position[b, k] < sliding_window)
-            return seen | ((segment[b, q] == PADDING) & (q == k))
+            return seen
 
         rows, length = self.input_ids.shape
         return create_block_mask(mask_mod, rows, None, length, length, device=self.input_ids.device)
@@ -166,7 +165,7 @@ def pack_pairs(
                 segment[r, offset:end] = part
                 if part != PROMPT:
                     # the state before each token: the prompt's last for the first, the response's own after that
-                    before = [flat + start + len(p) - 1] if p else []
+                    before = [flat + start + len(p) - 1] if p and tokens else []
                     before += [flat + j for j in range(offset, end - 1)]
                     scored = tokens if p else tokens[1:]
                     sequences[(part == REJECTED) * n + i] = list(zip(before, scored, strict=True))
@@ -181,6 +180,27 @@ def pack_pairs(
             targets[s, : len(tokens)] = torch.tensor([t[1] for t in tokens])
     fields = (input_ids, position_ids, pair, segment, sources, targets)
     return PackedPairs(*(f.to(device) if device is not None else f for f in fields))
+
+
+# the attention implementations that take a custom 4-D mask (or a BlockMask); flash attention takes padding only
+PACKED_BACKENDS = ("eager", "sdpa", "flex_attention")
+# layer types whose mask is a causal mask, optionally windowed; recurrent or linear layers would leak across pairs
+_MASKED_LAYERS = ("full_attention", "sliding_attention")
+
+
+def unsupported(model: nn.Module) -> str | None:
+    """Why ``model`` cannot take packed pairs (its attention backend, or a layer type that takes no causal mask), or
+    None when it can."""
+    config = model.config
+    backend = getattr(config, "_attn_implementation", None)
+    if backend not in PACKED_BACKENDS:
+        needed = ", ".join(PACKED_BACKENDS)
+        return f"attention backend {backend!r} takes no prefix-sharing mask (packed pairs need {needed})"
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    others = sorted(set(getattr(text, "layer_types", None) or ()) - set(_MASKED_LAYERS))
+    if others:
+        return f"layer types {others} take no causal mask, so packed pairs would see each other"
+    return None
 
 
 def _layer_windows(config: object) -> dict[str, int | None]:
@@ -198,6 +218,9 @@ def model_attention_mask(model: nn.Module, packed: PackedPairs) -> object:
     """What ``model``'s forward takes as ``attention_mask`` for ``packed``: a BlockMask under flex_attention, an
     additive float32 mask under eager attention, a boolean 4-D mask otherwise (SDPA); a {layer type: mask} dict where
     the model mixes full and sliding-window layers."""
+    reason = unsupported(model)
+    if reason is not None:
+        raise ValueError(f"model: {reason}")
     config = model.config
     backend = getattr(config, "_attn_implementation", None)
     windows = _layer_windows(config)
@@ -213,8 +236,8 @@ def model_attention_mask(model: nn.Module, packed: PackedPairs) -> object:
 
 
 def packed_hidden_states(decoder: nn.Module, packed: PackedPairs) -> torch.Tensor:
-    """(2 * pairs, width, hidden): the decoder's state before each scored token (a row's first state past a
-    response's end, where the target is -100)."""
+    """(2 * pairs, width, hidden): the decoder's state before each scored token (past a response's end, where the
+    target is -100, the first row's first state, which the head op ignores)."""
     out = decoder(
         input_ids=packed.input_ids,
         position_ids=packed.position_ids,

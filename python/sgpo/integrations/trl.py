@@ -35,10 +35,7 @@ import torch
 from accelerate.utils import is_peft_model
 
 import sgpo
-from sgpo.integrations.shared_prompt import (
-    TokenLogps,
-    head_token_logps,
-)
+from sgpo.integrations.shared_prompt import TokenLogps
 from sgpo.integrations.trl_columns import WIN_PROB_COLUMNS, WithLossColumns, add_worst_case_columns, loss_columns
 from sgpo.integrations.trl_config import (
     LOGPS_BACKENDS,
@@ -59,6 +56,7 @@ from sgpo.integrations.trl_losses import (
     sequence_logps,
     wpo_weights,
 )
+from sgpo.lm_head import head_token_logps
 from sgpo.pipeline.distributed import enable_cpu_fsdp
 from sgpo.reference import PreferenceLosses
 

@@ -15,6 +15,7 @@ Two ways to forward each prompt once for both of its responses:
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from sgpo.integrations.shared_prompt import Pair, TokenLogps, pairs_token_logps, split_pairs
 from sgpo.integrations.trl_losses import PairBatch, Tokens, chosen_sums, sequence_logps, uses_pairs_jointly, wpo_weights
 from sgpo.lm_head import decoder_and_head
-from sgpo.packing import install_packed_forward, pack_pairs
+from sgpo.packing import install_packed_forward, pack_pairs, unsupported
 
 # batch keys the trainer itself consumes; everything else in a collated batch goes to the model's forward
 TRL_NON_MODEL_KEYS = frozenset({"completion_mask", "ref_chosen_logps", "ref_rejected_logps"})
@@ -37,7 +38,7 @@ class PromptSharingForward:
     def _shared_prompt(self, model: Any, inputs: Mapping[str, Any]) -> tuple[list[Pair], Any] | None:
         """The batch's pairs and ``model``'s (decoder, head) when sgpo's prompt-sharing forwards apply, else None.
 
-        They need ``logps_backend="sgpo"``, no DeepSpeed (ZeRO-3 partitions the head's weight), no MoE auxiliary loss
+        They need ``logps_backend="sgpo"``, no DeepSpeed (not run under ZeRO-3 yet), no MoE auxiliary loss
         (it is not per pair), a plain causal LM (:func:`sgpo.lm_head.decoder_and_head`) and a text
         batch in TRL's layout with a non-empty prompt.
         """
@@ -50,6 +51,12 @@ class PromptSharingForward:
             return None
         parts = decoder_and_head(self.accelerator.unwrap_model(model))
         if parts is None:
+            return None
+        reason = unsupported(self.accelerator.unwrap_model(model))
+        if reason is not None and not self._pair_by_pair():
+            if not getattr(self, "_sgpo_warned", False):
+                warnings.warn(f"logps_backend='sgpo': {reason}; one forward per full sequence instead", stacklevel=2)
+                self._sgpo_warned = True
             return None
         pairs = split_pairs(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
         return None if pairs is None else (pairs, parts)
@@ -77,7 +84,9 @@ class PromptSharingForward:
         # rows as long as the longest pair: shorter pairs share a row, none is cut
         budget = max(p.prompt.numel() + p.chosen.numel() + p.rejected.numel() for p in pairs)
         packed = pack_pairs(prompts, chosen, rejected, max_tokens=budget, device=pairs[0].prompt.device)
-        token, log_sum_sq = model(sgpo_packed=packed, log_sum_sq_probs=self.use_weighting)
+        # the patch replaces the forward that accelerate wrapped in autocast for mixed precision: autocast here instead
+        with self.accelerator.autocast():
+            token, log_sum_sq = model(sgpo_packed=packed, log_sum_sq_probs=self.use_weighting)
         return TokenLogps(token, packed.targets != -100, log_sum_sq)
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:

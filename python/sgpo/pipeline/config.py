@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from sgpo.loss_args import BATCH_COUPLED, LENGTH_NORMALISED
 from sgpo.pipeline.typed import Replace, build, merge
 from sgpo.reference import LOSS_TYPES, SPACES
 
@@ -161,16 +162,23 @@ class LoggingConfig:
 
 
 # the losses of sgpo's loss ops that the update stage computes as the papers define them: every type but those that
-# divide by a response's token count, which the stage's summed log-probs do not carry (SGPODPOTrainer and sgpo.nn do)
-PIPELINE_LOSS_TYPES = tuple(x for x in LOSS_TYPES if x not in ("sigmoid_norm", "sft", "simpo", "cpo", "orpo"))
+# divide by a response's token count, which the stage's summed log-probs do not carry (SGPODPOTrainer and sgpo.nn do),
+# and those that sort the whole batch
+PIPELINE_LOSS_TYPES = tuple(
+    x
+    for x in LOSS_TYPES
+    # ipo divides by lengths only when given them; aot's sort would see one micro-batch, not the batch
+    if x == "ipo" or (x not in LENGTH_NORMALISED and x not in BATCH_COUPLED)
+)
 
 
 def _pipeline_loss(key: str, value: str, exclude: tuple[str, ...] = ()) -> None:
     allowed = tuple(x for x in PIPELINE_LOSS_TYPES if x not in exclude)
     if value in LOSS_TYPES and value not in PIPELINE_LOSS_TYPES:
+        why = "sorts the whole batch" if value in BATCH_COUPLED else "normalises by response length"
         raise ValueError(
-            f"{key}: {value!r} normalises by response length, which the pipeline's update does not compute (train it "
-            f"with SGPODPOTrainer or sgpo.nn); expected one of {', '.join(allowed)}"
+            f"{key}: {value!r} {why}, which the pipeline's update does not compute (train it with SGPODPOTrainer or "
+            f"sgpo.nn); expected one of {', '.join(allowed)}"
         )
     _choice(key, value, allowed)
 
@@ -248,8 +256,6 @@ class RunConfig:
             raise ValueError("follower.backend: 'paper' exists only for follower.space=probability")
         t = self.train
         _pipeline_loss("train.loss_type", t.loss_type)
-        if t.loss_type == "exo_pair":
-            _check("train.label_smoothing", t.label_smoothing, 0 < t.label_smoothing < 1, "EXO's epsilon in (0, 1)")
         if self.method == "ssapo" and t.loss_type != "ssapo":
             raise ValueError(f"train.loss_type: method 'ssapo' trains the 'ssapo' loss, got {t.loss_type!r}")
         if self.method == "sppo" and t.loss_type not in ("sppo", "sppo_hard"):
@@ -270,7 +276,11 @@ class RunConfig:
         _choice("train.mixed_precision", t.mixed_precision, MIXED_PRECISION)
         r = self.round0
         if r.enabled:
-            _pipeline_loss("round0.loss_type", r.loss_type, exclude=("sppo", "ssapo", "exo_pair"))
+            _pipeline_loss("round0.loss_type", r.loss_type, exclude=("sppo", "ssapo"))
+            if r.loss_type == "exo_pair":
+                # round 0 takes train.label_smoothing
+                smoothing = self.train.label_smoothing
+                _check("train.label_smoothing", smoothing, 0 < smoothing < 1, "EXO's epsilon in (0, 1) for exo_pair")
             if r.epochs is not None:
                 _check("round0.epochs", r.epochs, r.epochs >= 1, "an integer >= 1")
             for name in ("beta", "learning_rate"):

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import sgpo.ops
+from sgpo.packing import unsupported
 from sgpo.pipeline.scoring import SequenceScorer, collate, pack_rows
 
 
@@ -247,6 +248,10 @@ def train_round(
         num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
+    packed = settings.packed
+    if packed and (reason := unsupported(model.get_base_model() if hasattr(model, "get_base_model") else model)):
+        warnings.warn(f"train.packed: {reason}; one padded row per response instead", stacklevel=2)
+        packed = False
     scorer, optimizer = accelerator.prepare(SequenceScorer(model), optimizer)
     scorer.train()
     device = accelerator.device
@@ -283,8 +288,8 @@ def train_round(
                 idx, w = part[positions], torch.as_tensor(weight[positions], dtype=torch.float32, device=device)
                 chosen, rejected = [pairs[i][0] for i in idx], [pairs[i][1] for i in idx]
                 # one forward of the micro-batch with each prompt once (DESIGN 6), else one row per sequence
-                packed = pack_rows(chosen, rejected, pad_id) if settings.packed else None
-                inputs = {k: v.to(device) for k, v in (packed or collate(chosen + rejected, pad_id)).items()}
+                rows = pack_rows(chosen, rejected, pad_id) if packed else None
+                inputs = {k: v.to(device) for k, v in (rows or collate(chosen + rejected, pad_id)).items()}
                 sync = j == len(micro) - 1
                 context = accelerator.no_sync(scorer) if not sync else contextlib.nullcontext()
                 with context, accelerator.autocast():

@@ -8,6 +8,7 @@ leader trains on such rows and every judge that reads the policy (the implicit r
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 import sgpo.ops
 from sgpo.generation import format_prompt
 from sgpo.lm_head import head_sequence_logps
-from sgpo.packing import PackedPairs, packed_hidden_states
+from sgpo.packing import PackedPairs, pack_pairs, packed_hidden_states
 
 IGNORE_INDEX = -100
 
@@ -102,10 +103,6 @@ def pack_rows(
     """The pairs of :func:`encode` rows (each chosen row with the rejected row of the same prompt) packed as
     [prompt, chosen, rejected] sequences (:mod:`sgpo.packing`), as :class:`SequenceScorer` keywords; None when some
     pair's two rows do not share their prompt tokens (then score the rows as they are)."""
-    from dataclasses import asdict
-
-    from sgpo.packing import pack_pairs
-
     parts: list[tuple[list[int], list[int], list[int]]] = []
     for (c_ids, c_labels), (r_ids, r_labels) in zip(chosen, rejected, strict=True):
         # labels[t] is the token at t + 1 on the response: the prompt is everything up to the first labelled t
@@ -117,7 +114,8 @@ def pack_rows(
     prompts, chosen_ids, rejected_ids = zip(*parts, strict=True)
     # rows as long as the longest pair: shorter pairs share a row, none is cut
     budget = max(sum(len(x) for x in part) for part in parts)
-    return asdict(pack_pairs(prompts, chosen_ids, rejected_ids, max_tokens=budget, pad_token_id=pad_id))
+    packed = pack_pairs(prompts, chosen_ids, rejected_ids, max_tokens=budget, pad_token_id=pad_id)
+    return {f.name: getattr(packed, f.name) for f in fields(packed)}
 
 
 @torch.no_grad()
