@@ -54,7 +54,59 @@ def _dpo_from_logps(logps: torch.Tensor, n_pairs: int, beta: float) -> torch.Ten
     return -F.logsigmoid(beta * (logps[:n_pairs] - logps[n_pairs:])).mean()
 
 
-def _step(method: str, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, beta: float) -> Callable:
+# the reference-free pair losses: sgpo.nn's drop-in and Liger's class, built with the same arguments (the NLL term
+# off, so every method computes the same number); average: the paper's per-token mean log-probs
+REFERENCE_FREE = {
+    "simpo": ("FusedLinearSimPOLoss", "LigerFusedLinearSimPOLoss", True),
+    "cpo": ("FusedLinearCPOLoss", "LigerFusedLinearCPOLoss", False),
+    "orpo": ("FusedLinearORPOLoss", "LigerFusedLinearORPOLoss", True),
+}
+
+
+def _reference_free_step(
+    loss: str, method: str, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, beta: float
+) -> Callable:
+    """One forward and backward of a reference-free pair loss by ``method`` (trl: logits, log_softmax, gather and
+    sgpo.reference's formula in PyTorch; sgpo_fused: sgpo.nn's class; liger: Liger's class)."""
+    ours, theirs, average = REFERENCE_FREE[loss]
+    n_pairs = hidden.shape[0] // 2
+    if method == "trl":
+        from sgpo.reference import preference_losses_reference
+
+        def step() -> torch.Tensor:
+            logprobs = torch.log_softmax((hidden @ weight.t()).float(), dim=-1)
+            mask = labels != -100
+            token = logprobs.gather(-1, torch.where(mask, labels, 0).unsqueeze(-1)).squeeze(-1)
+            logps = (token * mask).sum(-1) / (mask.sum(-1) if average else 1)
+            out = preference_losses_reference(logps[:n_pairs], logps[n_pairs:], loss_type=loss, beta=beta)
+            value = out.losses.mean()
+            value.backward()
+            return value
+
+        return step
+    options = {"beta": beta, "compute_nll_loss": False}
+    if method == "sgpo_fused":
+        import sgpo.nn
+
+        loss_fn = getattr(sgpo.nn, ours)(**options)
+    else:
+        import liger_kernel.chunked_loss as liger
+
+        loss_fn = getattr(liger, theirs)(**options, compiled=hidden.device.type == "cuda")
+
+    def step() -> torch.Tensor:
+        value = loss_fn(weight, hidden, labels)[0]
+        value.backward()
+        return value
+
+    return step
+
+
+def _step(
+    method: str, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, beta: float, loss: str = "dpo"
+) -> Callable:
+    if loss != "dpo":
+        return _reference_free_step(loss, method, hidden, weight, labels, beta)
     n_pairs = hidden.shape[0] // 2
     zeros = torch.zeros(n_pairs, device=hidden.device)
 
@@ -163,9 +215,9 @@ def _worker(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     # A tiny run first, so one-time costs (lazy imports, op registration, thread pools) fall before the baseline.
-    _step(args.worker, *_inputs(1, 8, 16, 64, dtype, device), beta=0.1)()
+    _step(args.worker, *_inputs(1, 8, 16, 64, dtype, device), beta=0.1, loss=args.loss)()
     hidden, weight, labels = _inputs(args.n_pairs, args.seq_len, args.hidden, args.vocab, dtype, device)
-    step = _step(args.worker, hidden, weight, labels, beta=0.1)
+    step = _step(args.worker, hidden, weight, labels, beta=0.1, loss=args.loss)
 
     def run() -> torch.Tensor:
         weight.grad = hidden.grad = None
@@ -221,6 +273,8 @@ def _run_case(args: argparse.Namespace, seq_len: int, n_pairs: int, method: str)
         args.device,
         "--repeats",
         str(args.repeats),
+        "--loss",
+        args.loss,
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -265,6 +319,12 @@ def main() -> None:
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[256, 1024])
     parser.add_argument("--pairs", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument(
+        "--loss",
+        default="dpo",
+        choices=["dpo", *REFERENCE_FREE],
+        help="dpo (sigmoid, every method) or a reference-free pair loss (methods trl, sgpo_fused, liger)",
+    )
     parser.add_argument("--hidden", type=int, default=576)
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--dtype", default=None, help="float32 on CPU, bfloat16 on GPU by default")
@@ -281,6 +341,8 @@ def main() -> None:
         print(json.dumps(_worker(args)))
         return
     methods = ["trl", *[m for m in args.methods if m != "trl"]]
+    if args.loss != "dpo":
+        methods = [m for m in methods if m in ("trl", "sgpo_fused", "liger")]
     rows = []
     for seq_len in args.seq_lens:
         for n_pairs in args.pairs:
@@ -298,7 +360,8 @@ def main() -> None:
                 )
     table = _table(rows, args)
     print(
-        f"H={args.hidden}, V={args.vocab}, {args.dtype} on {args.device}, prompts masked on the first quarter; "
+        f"{args.loss} loss, H={args.hidden}, V={args.vocab}, {args.dtype} on {args.device}, prompts masked on the "
+        "first quarter; "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads\n"
     )
     print(table)
