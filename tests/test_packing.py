@@ -103,7 +103,10 @@ def test_packed_logps_and_gradients_equal_the_unpacked_forward(family: str, back
     (weights * got).sum().backward()
     for name, param in packed_model.named_parameters():
         if name in expected_grads:
-            torch.testing.assert_close(param.grad, expected_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+            # rel 1e-5 of the parameter's gradient scale: fp32 sums in another order differ by a few 1e-6 there
+            expected = expected_grads[name]
+            scale = float(expected.abs().max())
+            torch.testing.assert_close(param.grad, expected, rtol=1e-5, atol=1e-5 * scale, msg=name)
         else:
             assert param.grad is None or not param.grad.any(), name
 
