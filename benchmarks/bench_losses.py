@@ -50,6 +50,16 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _trl_style_logps(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, average: bool = False
+) -> torch.Tensor:
+    """What TRL's DPOTrainer does: logits = x @ W.T, log_softmax in float32, gather, masked sum (or mean) per row."""
+    logprobs = torch.log_softmax((hidden @ weight.t()).float(), dim=-1)
+    mask = labels != -100
+    token = logprobs.gather(-1, torch.where(mask, labels, 0).unsqueeze(-1)).squeeze(-1)
+    return (token * mask).sum(-1) / (mask.sum(-1) if average else 1)
+
+
 def _dpo_from_logps(logps: torch.Tensor, n_pairs: int, beta: float) -> torch.Tensor:
     return -F.logsigmoid(beta * (logps[:n_pairs] - logps[n_pairs:])).mean()
 
@@ -74,10 +84,7 @@ def _reference_free_step(
         from sgpo.reference import preference_losses_reference
 
         def step() -> torch.Tensor:
-            logprobs = torch.log_softmax((hidden @ weight.t()).float(), dim=-1)
-            mask = labels != -100
-            token = logprobs.gather(-1, torch.where(mask, labels, 0).unsqueeze(-1)).squeeze(-1)
-            logps = (token * mask).sum(-1) / (mask.sum(-1) if average else 1)
+            logps = _trl_style_logps(hidden, weight, labels, average)
             out = preference_losses_reference(logps[:n_pairs], logps[n_pairs:], loss_type=loss, beta=beta)
             value = out.losses.mean()
             value.backward()
@@ -113,11 +120,7 @@ def _step(
     if method == "trl":
 
         def step() -> torch.Tensor:
-            logits = hidden @ weight.t()
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
-            mask = labels != -100
-            token = logprobs.gather(-1, torch.where(mask, labels, 0).unsqueeze(-1)).squeeze(-1)
-            loss = _dpo_from_logps((token * mask).sum(-1), n_pairs, beta)
+            loss = _dpo_from_logps(_trl_style_logps(hidden, weight, labels), n_pairs, beta)
             loss.backward()
             return loss
 
