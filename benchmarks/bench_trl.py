@@ -256,16 +256,18 @@ BASELINES: dict[str, tuple[str, tuple[str, dict[str, Any]]]] = {
     "liger": ("trl.DPOTrainer, use_liger_kernel", ("trl", {"use_liger_kernel": True})),
 }
 
-# Randomly initialised Llama-style models, built from a config with sgpo's byte-level tokenizer (no download).
+# Randomly initialised Llama-style models with sgpo's byte-level tokenizer (no download): a label and the arguments of
+# sgpo.models.build_tiny_model.
 RANDOM_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
-    "tiny": ("tiny random Llama (hidden 128, 2 layers)", {"hidden_size": 128, "num_hidden_layers": 2}),
+    "tiny": ("tiny random Llama (hidden 128, 2 layers)", {"hidden_size": 128, "num_layers": 2}),
     "llama-1b": (
         "random Llama-3.2-1B-shaped model (hidden 2048, 16 layers, vocabulary 128,256)",
         {
             "hidden_size": 2048,
+            "num_layers": 16,
+            "num_heads": 32,
+            "max_positions": 4096,
             "intermediate_size": 8192,
-            "num_hidden_layers": 16,
-            "num_attention_heads": 32,
             "num_key_value_heads": 8,
             "vocab_size": 128256,
             "tie_word_embeddings": True,
@@ -280,34 +282,14 @@ def baselines(keys: list[str] | None = None) -> dict[str, tuple[str, dict[str, A
 
 
 def random_model(name: str, out: str) -> str:
-    """Save the random model ``name`` of RANDOM_MODELS to ``out`` (in bfloat16 on a GPU) and return the path."""
+    """Save the random model ``name`` of RANDOM_MODELS to ``out`` (drawn on the GPU and saved in bfloat16 where there
+    is one) and return the path."""
     import torch
-    from sgpo.models import build_tiny_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from sgpo.models import build_tiny_model
 
-    tokenizer = build_tiny_tokenizer()
-    shape = dict(RANDOM_MODELS[name][1])
-    shape.setdefault("vocab_size", len(tokenizer))
-    shape.setdefault("intermediate_size", 2 * shape["hidden_size"])
-    shape.setdefault("num_attention_heads", 4)
-    shape.setdefault("num_key_value_heads", max(1, shape["num_attention_heads"] // 2))
-    config = LlamaConfig(
-        **shape,
-        max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
     on_gpu = torch.cuda.is_available()
-    with torch.device("cuda" if on_gpu else "cpu"):
-        model = LlamaForCausalLM(config)
-    if on_gpu:
-        model = model.to(torch.bfloat16)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    del model
-    return out
+    device, dtype = ("cuda", torch.bfloat16) if on_gpu else (None, None)
+    return str(build_tiny_model(out, device=device, dtype=dtype, **RANDOM_MODELS[name][1]))
 
 
 def render(

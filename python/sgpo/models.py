@@ -196,16 +196,21 @@ def build_tiny_model(
     num_heads: int = 4,
     max_positions: int = 1024,
     seed: int = 0,
+    device: str | None = None,
+    dtype: Any = None,
+    **config: Any,
 ) -> Path:
     """Save a randomly initialised ``LlamaForCausalLM`` and :func:`build_tiny_tokenizer` to ``output_dir``.
 
-    The same arguments give the same weights, so tests can compare runs that each build their own copy.
+    The same arguments give the same weights, so tests can compare runs that each build their own copy. ``config``
+    overrides any other ``LlamaConfig`` field (a larger vocabulary than the tokenizer's, a 1B shape for a benchmark);
+    ``device`` is where the weights are drawn (a GPU draws a 1B model in seconds), ``dtype`` what they are saved in.
     """
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = build_tiny_tokenizer()
-    config = LlamaConfig(
+    fields = dict(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
@@ -219,7 +224,10 @@ def build_tiny_model(
         tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    with torch.device(device or "cpu"):
+        model = LlamaForCausalLM(LlamaConfig(**{**fields, **config}))
+    if dtype is not None:
+        model = model.to(dtype)
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
