@@ -28,7 +28,6 @@ script working between GPU runs.
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import platform
 import subprocess
 import sys
@@ -104,13 +103,9 @@ def steps(python: str, scratch: Path, rehearse: bool = False) -> list[Step]:
 
 def versions() -> str:
     """One line of the versions of PACKAGES as this interpreter sees them."""
-    found = []
-    for name in PACKAGES:
-        try:
-            found.append(f"{name} {importlib.metadata.version(name)}")
-        except importlib.metadata.PackageNotFoundError:
-            found.append(f"{name} not installed")
-    return ", ".join(found)
+    from sgpo.info import package_version
+
+    return ", ".join(f"{name} {package_version(name)}" for name in PACKAGES)
 
 
 def build_summary() -> str:

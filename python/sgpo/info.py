@@ -7,7 +7,8 @@ import importlib.metadata
 from typing import Any
 
 
-def _version(package: str) -> str:
+def package_version(package: str) -> str:
+    """The installed version of ``package``, or "not installed"."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -22,7 +23,7 @@ def collect() -> dict[str, Any]:
 
     info: dict[str, Any] = dict(_C.build_info())
     info["torch"] = torch.__version__
-    info["triton"] = _version("triton")
+    info["triton"] = package_version("triton")
     info["gpu_visible"] = torch.cuda.is_available()
     info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     info["cuda_runtime_devices"] = _C.cuda_device_count()
