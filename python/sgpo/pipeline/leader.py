@@ -23,7 +23,6 @@ import torch
 from torch import nn
 
 import sgpo.ops
-from sgpo.packing import unsupported
 from sgpo.pipeline.scoring import SequenceScorer, collate, pack_rows
 
 
@@ -248,11 +247,12 @@ def train_round(
         num_warmup_steps=math.ceil(settings.warmup_ratio * total_steps),
         num_training_steps=total_steps,
     )
+    scorer = SequenceScorer(model)
     packed = settings.packed
-    if packed and (reason := unsupported(model.get_base_model() if hasattr(model, "get_base_model") else model)):
+    if packed and (reason := scorer.cannot_pack()):
         warnings.warn(f"train.packed: {reason}; one padded row per response instead", stacklevel=2)
         packed = False
-    scorer, optimizer = accelerator.prepare(SequenceScorer(model), optimizer)
+    scorer, optimizer = accelerator.prepare(scorer, optimizer)
     scorer.train()
     device = accelerator.device
     ref = torch.as_tensor(ref_logps, dtype=torch.float32)

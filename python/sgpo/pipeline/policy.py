@@ -139,17 +139,16 @@ def sharded_pair_logps(ctx: RunContext, model: Any, chosen: Rows, rejected: Rows
     packed with every prompt once (:func:`sgpo.pipeline.scoring.score_pairs`), gathered back in order."""
     from accelerate.utils import gather_object
 
-    from sgpo.packing import unsupported
     from sgpo.pipeline.scoring import SequenceScorer, score_pairs
 
-    unwrapped = ctx.accelerator.unwrap_model(model)
-    if unsupported(unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped):
+    scorer = SequenceScorer(ctx.accelerator.unwrap_model(model))
+    if scorer.cannot_pack():
         # the update warns once about the attention backend; the reference takes the padded rows with it
         return sharded_logps(ctx, model, list(chosen) + list(rejected)).reshape(2, len(chosen))
     world, rank = ctx.accelerator.num_processes, ctx.accelerator.process_index
     mine = list(range(rank, len(chosen), world))
     values = score_pairs(
-        SequenceScorer(ctx.accelerator.unwrap_model(model)),
+        scorer,
         [chosen[i] for i in mine],
         [rejected[i] for i in mine],
         pad_id=ctx.tokenizer.pad_token_id,

@@ -18,7 +18,7 @@ from torch import nn
 import sgpo.ops
 from sgpo.generation import format_prompt
 from sgpo.lm_head import head_sequence_logps
-from sgpo.packing import PackedPairs, pack_pairs, packed_hidden_states
+from sgpo.packing import PackedPairs, pack_pairs, packed_hidden_states, unsupported
 
 IGNORE_INDEX = -100
 
@@ -65,6 +65,10 @@ class SequenceScorer(nn.Module):
 
     def _base(self) -> nn.Module:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+    def cannot_pack(self) -> str | None:
+        """Why the model cannot take packed pairs (:func:`sgpo.packing.unsupported`), or None when it can."""
+        return unsupported(self._base())
 
     def forward(
         self,
