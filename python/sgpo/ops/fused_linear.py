@@ -7,9 +7,10 @@ logits, turns them into ``grad * (onehot(label) - exp(logit - logsumexp))`` and 
 
     grad_hidden += G @ W_block,   grad_weight[block] += G.T @ hidden,   grad_bias[block] += G.sum(0).
 
-Tiling over the vocabulary as well as tokens bounds the memory of a tile while every matmul keeps a long reduction,
-and each block of grad_weight is written once per token chunk. The code is plain PyTorch
-(matmuls dominate, on CPU and GPU alike), registered as custom ops so ``torch.compile`` traces through it.
+Tiling over the vocabulary as well as tokens bounds the memory of a tile while every matmul keeps a long reduction.
+The backward finishes each block of grad_weight over every token chunk before it starts the next, so a low-precision
+head needs one block's float32 sum, not a float32 copy of its whole gradient. The code is plain PyTorch (matmuls
+dominate, on CPU and GPU alike), registered as custom ops so ``torch.compile`` traces through it.
 """
 
 from __future__ import annotations
@@ -140,25 +141,45 @@ def _linear_token_logps_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     dtype, vocab = lse.dtype, weight.shape[0]
     need_bias = bias is not None
-    # A low-precision head accumulates its gradients in float32 and rounds once at the end.
+    # A low-precision head accumulates its gradients in float32 and rounds once: the vocabulary blocks are the outer
+    # loop, so a block of grad_weight is finished (summed over every token chunk in float32) before the next begins,
+    # and only one block's float32 sum exists at a time beside the gradient in the head's dtype.
     acc_dtype = torch.promote_types(weight.dtype, torch.float32)
-    grad_hidden = torch.zeros(hidden.shape, dtype=acc_dtype, device=hidden.device) if need_hidden else None
-    grad_weight = torch.zeros(weight.shape, dtype=acc_dtype, device=weight.device) if need_weight else None
-    grad_bias = torch.zeros(vocab, dtype=acc_dtype, device=weight.device) if need_bias else None
     rows = valid_rows(labels, ignore_index)
-    for first in range(0, rows.numel(), chunk_tokens):
+    n_rows = rows.numel()
+    chunks = []
+    for first in range(0, n_rows, chunk_tokens):
         chunk = rows[first : first + chunk_tokens]
-        chunk_hidden, chunk_labels = hidden.index_select(0, chunk), labels.index_select(0, chunk).long()
-        chunk_lse = lse.index_select(0, chunk).unsqueeze(1)
-        chunk_grad = grad_token.index_select(0, chunk).to(dtype)
-        n_tokens = chunk.numel()
-        block = _vocab_block(n_tokens, vocab)
-        tiles = _Tiles(n_tokens, block, weight, dtype)
-        chunk_grad_hidden = (
-            torch.zeros(n_tokens, hidden.shape[1], dtype=acc_dtype, device=hidden.device) if need_hidden else None
+        chunks.append(
+            (
+                first,
+                hidden.index_select(0, chunk),
+                labels.index_select(0, chunk).long(),
+                lse.index_select(0, chunk).unsqueeze(1),
+                grad_token.index_select(0, chunk).to(dtype),
+            )
         )
-        for start in range(0, vocab, block):
-            stop = min(start + block, vocab)
+    width = min(chunk_tokens, max(n_rows, 1))
+    block = _vocab_block(width, vocab)
+    low_precision_weight = need_weight and weight.dtype != acc_dtype
+    if low_precision_weight:
+        # the block's float32 sum of grad_weight is a tile too (block x hidden)
+        block = min(block, _vocab_block(hidden.shape[1], vocab))
+    tiles = _Tiles(width, block, weight, dtype)
+    row_grad_hidden = (
+        torch.zeros(n_rows, hidden.shape[1], dtype=acc_dtype, device=hidden.device) if need_hidden else None
+    )
+    grad_weight = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight else None
+    block_sum = None
+    if low_precision_weight:
+        block_sum = torch.empty(block, weight.shape[1], dtype=acc_dtype, device=weight.device)
+    grad_bias = torch.zeros(vocab, dtype=acc_dtype, device=weight.device) if need_bias else None
+    for start in range(0, vocab, block):
+        stop = min(start + block, vocab)
+        weight_sum = None
+        if need_weight:
+            weight_sum = grad_weight[start:stop] if block_sum is None else block_sum[: stop - start].zero_()
+        for first, chunk_hidden, chunk_labels, chunk_lse, chunk_grad in chunks:
             raw, x = tiles.logits(chunk_hidden, weight, bias, start, stop)
             inside = (chunk_labels >= start) & (chunk_labels < stop)
             grad_logits = x.sub_(chunk_lse).exp_().mul_(-chunk_grad.unsqueeze(1))
@@ -172,14 +193,17 @@ def _linear_token_logps_backward(
             if raw is not grad_logits:
                 grad_logits = raw.copy_(grad_logits)
             if need_hidden:
-                _accumulate_mm(chunk_grad_hidden, grad_logits, weight[start:stop])
+                _accumulate_mm(row_grad_hidden[first : first + chunk_hidden.shape[0]], grad_logits, weight[start:stop])
             if need_weight:
-                _accumulate_mm(grad_weight[start:stop], grad_logits.t(), chunk_hidden)
-        if need_hidden:
-            grad_hidden.index_copy_(0, chunk, chunk_grad_hidden)
+                _accumulate_mm(weight_sum, grad_logits.t(), chunk_hidden)
+        if block_sum is not None:
+            grad_weight[start:stop].copy_(weight_sum)
+    grad_hidden = hidden.new_empty(0)
+    if need_hidden:
+        grad_hidden = torch.zeros_like(hidden).index_copy_(0, rows, row_grad_hidden.to(hidden.dtype))
     return (
-        grad_hidden.to(hidden.dtype) if need_hidden else hidden.new_empty(0),
-        grad_weight.to(weight.dtype) if need_weight else weight.new_empty(0),
+        grad_hidden,
+        grad_weight if need_weight else weight.new_empty(0),
         grad_bias.to(bias.dtype) if need_bias else weight.new_empty(0),
     )
 
