@@ -57,6 +57,10 @@ def moved_mass(weights: Any, shifts: Any) -> np.ndarray:
     return (w * (np.abs(d) > 1e-12)).sum(axis=1)
 
 
+# a pair is attacked when the worst case moves more than this share of its mass
+ATTACKED = 1e-9
+
+
 def worst_case(
     margins: Any,
     epsilon: float,

@@ -21,6 +21,7 @@ from sgpo.pipeline.typed import Replace, build, merge
 from sgpo.reference import LOSS_TYPES, SPACES
 
 METHODS = ("ssapo", "sppo", "dpo")
+FOLLOWER_APPLY = ("worst_case", "soft_trim")
 OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -101,6 +102,10 @@ class FollowerConfig:
     # sgpo.worst_case's backend: "auto"/"cpu" (the exact C++ solver), "torch" (its pure-PyTorch reference), or
     # "paper" (the SSAPO paper's inexact SLSQP follower, probability space only; for comparison)
     backend: str = "auto"
+    # what the round trains with the worst case: "worst_case" (the ssapo loss against its weights and shifts), or
+    # "soft_trim" (train.loss_type's loss, each pair weighted by the mass the worst case leaves unshifted: the
+    # follower's reweighting without its adversarial shifts, a control)
+    apply: str = "worst_case"
 
 
 @dataclass
@@ -254,10 +259,18 @@ class RunConfig:
         _choice("follower.backend", f.backend, FOLLOWER_BACKENDS)
         if f.backend == "paper" and f.space != "probability":
             raise ValueError("follower.backend: 'paper' exists only for follower.space=probability")
+        _choice("follower.apply", f.apply, FOLLOWER_APPLY)
+        if f.apply == "soft_trim" and self.method != "ssapo":
+            raise ValueError(f"follower.apply: 'soft_trim' weights an ssapo run's rounds; method is {self.method!r}")
         t = self.train
         _pipeline_loss("train.loss_type", t.loss_type)
-        if self.method == "ssapo" and t.loss_type != "ssapo":
+        if self.method == "ssapo" and f.apply == "worst_case" and t.loss_type != "ssapo":
             raise ValueError(f"train.loss_type: method 'ssapo' trains the 'ssapo' loss, got {t.loss_type!r}")
+        if self.method == "ssapo" and f.apply == "soft_trim" and t.loss_type in ("ssapo", "sppo", "sppo_hard"):
+            raise ValueError(
+                f"train.loss_type: follower.apply 'soft_trim' weights a pair loss without the worst case's shifts "
+                f"(sigmoid: DPO), got {t.loss_type!r}"
+            )
         if self.method == "sppo" and t.loss_type not in ("sppo", "sppo_hard"):
             raise ValueError(f"train.loss_type: method 'sppo' trains 'sppo' or 'sppo_hard', got {t.loss_type!r}")
         if self.method == "dpo" and t.loss_type in ("sppo", "ssapo"):

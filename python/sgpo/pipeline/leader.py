@@ -40,6 +40,9 @@ class LossSpec:
     worst_case_weights: np.ndarray | None = None
     worst_case_shifts: np.ndarray | None = None
     refinement_smoothing: np.ndarray | None = None
+    # per pair: a weight on its loss (the follower's soft trim), and whether the worst case moved its mass (logged)
+    pair_weights: np.ndarray | None = None
+    attacked: np.ndarray | None = None
 
 
 def spa_smoothing(margins: np.ndarray, beta: float, alpha: float, quantile: float) -> np.ndarray:
@@ -71,13 +74,18 @@ def pair_losses(
         shifts = torch.as_tensor(spec.worst_case_shifts[idx], dtype=torch.float32)
         kwargs["worst_case"] = (weights.to(logps.device), shifts.to(logps.device))
         kwargs["space"] = spec.space
+    weights = torch.ones(m, dtype=torch.float32, device=logps.device)
+    if spec.pair_weights is not None:
+        weights = torch.as_tensor(spec.pair_weights[idx], dtype=torch.float32, device=logps.device)
     if spec.refinement_smoothing is None:
+        if spec.pair_weights is not None:
+            kwargs["weights"] = weights
         return sgpo.ops.preference_losses(chosen, rejected, ref_chosen, ref_rejected, **kwargs)
     # SPA refinement (DESIGN 1.5): (1 - e_i) * loss(y_w > y_l) + e_i * DPO loss with the pair flipped
     e = torch.as_tensor(spec.refinement_smoothing[idx], dtype=torch.float32, device=logps.device)
-    kept = sgpo.ops.preference_losses(chosen, rejected, ref_chosen, ref_rejected, weights=1 - e, **kwargs)
+    kept = sgpo.ops.preference_losses(chosen, rejected, ref_chosen, ref_rejected, weights=weights * (1 - e), **kwargs)
     flipped = sgpo.ops.preference_losses(
-        rejected, chosen, ref_rejected, ref_chosen, loss_type="sigmoid", beta=spec.beta, weights=e
+        rejected, chosen, ref_rejected, ref_chosen, loss_type="sigmoid", beta=spec.beta, weights=weights * e
     )
     return sgpo.ops.PreferenceLosses(kept.losses + flipped.losses, kept.chosen_rewards, kept.rejected_rewards)
 
@@ -212,6 +220,21 @@ def local_part(batch: np.ndarray, rank: int, world: int) -> tuple[np.ndarray, np
     return part, np.ones(len(part))
 
 
+def attacked_sums(spec: LossSpec, idx: np.ndarray, logps: torch.Tensor, w: torch.Tensor) -> list[torch.Tensor]:
+    """After the backward of a micro-batch: its attacked pairs (weighted as in the batch), and the summed
+    |d loss / d log pi| of the chosen and rejected responses of its attacked pairs and of all its pairs.
+
+    A pair's gradient on the parameters is that derivative times the gradient of its log-probs, so its share of the
+    summed derivatives is its share of the step's gradient, before the log-probs' own gradients weigh in."""
+    zero = torch.zeros((), device=logps.device)
+    if spec.attacked is None or logps.grad is None:
+        return [zero, zero, zero]
+    m = len(idx)
+    per_pair = logps.grad[:m].abs() + logps.grad[m:].abs()
+    attacked = torch.as_tensor(spec.attacked[idx], dtype=torch.float32, device=logps.device)
+    return [(attacked * w).sum(), (per_pair * attacked).sum(), per_pair.sum()]
+
+
 def train_round(
     accelerator: Any,
     model: nn.Module,
@@ -279,7 +302,7 @@ def train_round(
             if epoch * steps_per_epoch + index < step:
                 continue
             part, weight = local_part(batch, rank, world)
-            sums = torch.zeros(5, dtype=torch.float64)
+            sums = torch.zeros(8, dtype=torch.float64)
             micro = [
                 np.arange(i, min(i + settings.per_device_batch_size, len(part)))
                 for i in range(0, len(part), settings.per_device_batch_size)
@@ -294,6 +317,8 @@ def train_round(
                 context = accelerator.no_sync(scorer) if not sync else contextlib.nullcontext()
                 with context, accelerator.autocast():
                     logps = scorer(**inputs).float()
+                    if spec.attacked is not None:
+                        logps.retain_grad()
                     ref_batch = torch.cat([ref[0, idx], ref[1, idx]]).to(device)
                     out = pair_losses(spec, idx, logps, ref_batch)
                     # sum over pairs / global batch size, times world: DDP's mean over processes then gives the mean
@@ -308,6 +333,7 @@ def train_round(
                             (margin * w).sum(),
                             (out.chosen_rewards.float() * w).sum(),
                             (out.rejected_rewards.float() * w).sum(),
+                            *attacked_sums(spec, idx, logps, w),
                         ]
                     )
                     .double()
@@ -333,9 +359,22 @@ def train_round(
                 "grad_norm": float(grad_norm) if grad_norm is not None else math.nan,
                 "learning_rate": float(lr),
             }
+            if spec.attacked is not None:
+                # the attacked pairs' share of the step's pairs, and of the loss's gradient on the log-probs
+                metrics["attacked_pairs"] = float(reduced[5])
+                metrics["attacked_grad_share"] = float(reduced[6] / reduced[7]) if reduced[7] > 0 else math.nan
             log(metrics)
-            for key in ("loss", "reward_accuracy", "reward_margin", "grad_norm"):
-                totals[key] = totals.get(key, 0.0) + metrics[key] / total_steps
+            for key in (
+                "loss",
+                "reward_accuracy",
+                "reward_margin",
+                "grad_norm",
+                "attacked_pairs",
+                "attacked_grad_share",
+            ):
+                # a step without gradient (every pair trimmed away) has no share and adds nothing to the round mean
+                if key in metrics and (key != "attacked_grad_share" or math.isfinite(metrics[key])):
+                    totals[key] = totals.get(key, 0.0) + metrics[key] / total_steps
             bar.update(1)
             bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['reward_accuracy']:.2f}")
             if state is not None and state.due(step, total_steps):

@@ -27,12 +27,20 @@ def loss_inputs(
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """What the round's loss needs per pair (the follower's worst case and SPA's smoothing, or SPPO's win
     probabilities), and the follower's answer to repeat on every step row of the training log."""
+    from sgpo.follower import ATTACKED, moved_mass
     from sgpo.pipeline.leader import spa_smoothing
 
     if worst is None:
         chosen = np.asarray([p["chosen_win_prob"] for p in pairs])
         return {"chosen_win_prob": chosen, "rejected_win_prob": np.asarray([p["rejected_win_prob"] for p in pairs])}, {}
-    extra: dict[str, Any] = {"worst_case_weights": worst["weights"], "worst_case_shifts": worst["shifts"]}
+    moved = moved_mass(worst["weights"], worst["shifts"])
+    # the pairs the worst case moves mass on: the training log follows their share of the loss's gradient
+    extra: dict[str, Any] = {"attacked": moved > ATTACKED}
+    if ctx.cfg.follower.apply == "soft_trim":
+        # the follower's reweighting without its shifts: each pair's loss times the mass the worst case leaves it
+        extra["pair_weights"] = np.clip(1.0 - moved, 0.0, 1.0)
+    else:
+        extra.update(worst_case_weights=worst["weights"], worst_case_shifts=worst["shifts"])
     r = ctx.cfg.refinement
     if r.enabled:
         margins = np.asarray([p["margin"] for p in pairs], dtype=np.float64)
