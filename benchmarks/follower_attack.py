@@ -29,81 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sgpo.ops
-import torch
 import yaml
-from safetensors.numpy import load_file
-from sgpo.follower import follower_inputs, moved_mass
+from experiments.attack import run_attack
+from sgpo.follower import ATTACKED, follower_inputs, moved_mass
 from sgpo.pipeline.files import read_jsonl
-
-
-def gradient_ratio(weights: np.ndarray, shifts: np.ndarray, beta: float, space: str) -> np.ndarray:
-    """Per pair: d loss / d log pi(chosen) of the ``ssapo`` loss with the worst case ``(weights, shifts)``, over the
-    same derivative with no worst case (epsilon = 0), at training margin 0 (the round's first step)."""
-    n = weights.shape[0]
-
-    def grad(w: np.ndarray, d: np.ndarray) -> np.ndarray:
-        chosen = torch.zeros(n, dtype=torch.float64, requires_grad=True)
-        zeros = torch.zeros(n, dtype=torch.float64)
-        out = sgpo.ops.preference_losses(
-            chosen,
-            zeros,
-            zeros,
-            zeros,
-            loss_type="ssapo",
-            beta=beta,
-            worst_case=(torch.as_tensor(w), torch.as_tensor(d)),
-            space=space,
-        )
-        out.losses.sum().backward()
-        return chosen.grad.numpy().copy()
-
-    nominal_w = np.zeros_like(weights)
-    nominal_w[:, 0] = 1.0
-    return grad(weights, shifts) / grad(nominal_w, np.zeros_like(shifts))
-
-
-def round_attack(run_dir: Path, t: int, judge: Any, cfg: dict[str, Any]) -> dict[str, Any] | None:
-    round_dir = run_dir / f"round_{t}"
-    if not (round_dir / "worst_case.safetensors").is_file():
-        return None
-    tensors = load_file(str(round_dir / "worst_case.safetensors"))
-    weights, shifts = tensors["weights"].astype(np.float64), tensors["shifts"].astype(np.float64)
-    pairs = read_jsonl(round_dir / "annotations.jsonl")
-    margins = np.array([p["margin"] for p in pairs], dtype=np.float64)
-    moved = moved_mass(weights, shifts)
-    attacked = moved > 0
-    prompts = [p["prompt"] for p in pairs]
-    chosen = np.asarray(judge.scores(prompts, [p["chosen"] for p in pairs]), dtype=np.float64)
-    rejected = np.asarray(judge.scores(prompts, [p["rejected"] for p in pairs]), dtype=np.float64)
-    decided = chosen != rejected
-    correct = chosen > rejected
-    space = cfg["follower"]["space"]
-    ratio = gradient_ratio(weights, shifts, float(cfg["train"]["beta"]), space)
-    # each pair's margin percentile among the round's pairs (0 = the lowest)
-    percentile = np.argsort(np.argsort(margins)) / max(len(margins) - 1, 1)
-
-    def share(mask: np.ndarray) -> float | None:
-        m = mask & decided
-        return float(correct[m].mean()) if m.any() else None
-
-    return {
-        "run": str(run_dir),
-        "round": t,
-        "space": space,
-        "epsilon": float(cfg["follower"]["epsilon"]),
-        "pairs": len(pairs),
-        "attacked": int(attacked.sum()),
-        "mass_moved": float(moved.sum() / len(pairs)),
-        "moved_per_pair": [float(moved.min()), float(np.median(moved)), float(moved.max())],
-        "attacked_margin_percentile": float(percentile[attacked].mean()) if attacked.any() else None,
-        "gold_agrees_attacked": share(attacked),
-        "gold_agrees_rest": share(~attacked),
-        "decided_attacked": int((attacked & decided).sum()),
-        "gradient_ratio_attacked": float(ratio[attacked].mean()) if attacked.any() else None,
-        "gradient_ratio_rest": float(ratio[~attacked].mean()) if (~attacked).any() else None,
-        "zero_gradient_pairs": int((np.abs(ratio) < 1e-9).sum()),
-    }
 
 
 def chance_at_least(hits: int, drawn: int, marked: int, total: int) -> float:
@@ -138,7 +67,7 @@ def seed_attack(
     for cap in (follower.get("max_shift"), None):
         result = sgpo.worst_case(xi, follower["epsilon"], pieces=follower["pieces"], space=space, max_shift=cap)
         moved = moved_mass(result.weights, result.shifts)
-        attacked = moved > 1e-9
+        attacked = moved > ATTACKED
         hits = int((attacked & flipped).sum())
         rows.append(
             {
@@ -214,11 +143,7 @@ def main() -> None:
     for run in map(Path, args.runs):
         if not (run / "config.yaml").is_file():
             raise FileNotFoundError(f"runs: {run} holds no config.yaml (not an sgpo run directory)")
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
-        for t in range(1, int(cfg["rounds"]) + 1):
-            row = round_attack(run, t, judge, cfg)
-            if row is not None:
-                rows.append(row)
+        rows += run_attack(run, judge, yaml.safe_load((run / "config.yaml").read_text()))
     if not rows:
         sys.exit("runs: no round solved a follower (method=ssapo runs only)")
 

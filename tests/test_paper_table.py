@@ -53,7 +53,7 @@ def test_gold_set_is_the_seed_plus_the_labelled_prompts_the_rounds_see(tmp_path:
 
 def test_every_row_of_the_issue_is_a_variant() -> None:
     variants = catalogue.variants()
-    assert {v.row for v in variants} == set(range(2, 12))
+    assert {v.row for v in variants} == set(range(2, 13))
     gated = [v for v in variants if v.row == 11]
     assert [v.name for v in gated] == ["iter_dpo_gate", "ssapo_prob_gate"]
     assert all("judge.options.gate=on_task" in v.overrides and v.donor == "dpo_seed" for v in gated)
@@ -77,6 +77,20 @@ def test_every_row_of_the_issue_is_a_variant() -> None:
     assert "train.label_smoothing=0.25" in flips["flip_cdpo"].overrides
     scales = sorted({v.seed_scale for v in variants if v.row == 10})
     assert scales == [0.5, 1.0, 2.0]
+    # row 12: the uncapped follower in both spaces and the capped follower's soft trim, each after the seed's round 0
+    sweep = {v.name: v for v in variants if v.row == 12}
+    assert set(sweep) == {
+        "uncapped_probability_0.01",
+        "uncapped_probability_0.05",
+        "uncapped_probability_0.1",
+        "uncapped_margin_0.05",
+        "uncapped_margin_0.1",
+        "soft_trim_0.1",
+    }
+    assert all(v.donor == "dpo_seed" for v in sweep.values())
+    assert all("follower.max_shift=null" in v.overrides for k, v in sweep.items() if k.startswith("uncapped"))
+    trim = sweep["soft_trim_0.1"].overrides
+    assert {"follower.apply=soft_trim", "train.loss_type=sigmoid", "follower.max_shift=0.1"} <= set(trim)
 
 
 @pytest.mark.parametrize("task", ["verifiable", "hidden:warmth"])

@@ -185,3 +185,51 @@ def test_the_scripts_run_their_table_only_command_from_the_repository_root(
     assert done.returncode == 0, done.stderr
     written = (tmp_path / "bench_results" / case / rendered).read_text()
     assert written == (RESULTS / case / rendered).read_text() and written.rstrip("\n") in done.stdout
+
+
+def test_the_follower_sweep_table_compares_each_setting_with_epsilon_0_and_the_soft_trim(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    results = Results(tmp_path / "results.json", tmp_path / "eval")
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 64)
+    attack = {
+        "pairs": 100,
+        "attacked": 10,
+        "mass_moved": 0.05,
+        "attacked_grad_share": 0.02,
+        "attacked_margin_percentile": 0.04,
+        "attacked_margin_percentile_max": 0.09,
+        "gold_disagrees_attacked": 6,
+        "decided_attacked": 8,
+        "gold_disagrees_all": 40,
+        "decided_all": 80,
+        "gradient_ratio_attacked": 0.0,
+        "gradient_ratio_rest": 1.0,
+    }
+    for name, shift, seed_attack in (
+        ("iter_dpo", 0.0, None),
+        ("uncapped_probability_0.1", 0.05, attack),
+        ("soft_trim_0.1", 0.02, {**attack, "gradient_ratio_attacked": 0.5}),
+    ):
+        for seed in (1, 2):
+            run = f"{name}_s{seed}"
+            scores = base + shift + (0.01 * seed if name != "iter_dpo" else 0.0)
+            (tmp_path / "eval" / run).mkdir(parents=True)
+            (tmp_path / "eval" / run / "eval.json").write_text(json.dumps({"results": [{"scores": scores.tolist()}]}))
+            entry = {"run_dir": str(tmp_path / "runs" / run), "kl": 10.0 + seed, "mean_score": float(scores.mean())}
+            if seed_attack:
+                entry["attack"] = [seed_attack, seed_attack]
+            results.data[run] = entry
+    chosen = [v for v in variants() if v.name in ("uncapped_probability_0.1", "soft_trim_0.1")]
+    lines = render.follower_sweep_table(results, chosen, [1, 2]).splitlines()
+    assert len(lines) == 4
+    uncapped = lines[2].split(" | ")
+    # paired against epsilon 0 on each seed: +0.06 and +0.07, pooled +0.065; against the soft trim +0.03
+    assert uncapped[1].startswith("+0.065 [") and "s1 +0.060 / s2 +0.070" in uncapped[1]
+    assert uncapped[2].startswith("+0.030 [")
+    assert uncapped[3:10] == ["11.50", "5.0", "10.0", "2.0", "4 / 9", "75 (24/32) / 50", "0.00 / 1.00"]
+    trim = lines[3].split(" | ")
+    assert trim[2] == "-" and trim[9] == "0.50 / 1.00"

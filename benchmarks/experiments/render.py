@@ -63,16 +63,22 @@ def hidden_row(found: list[dict[str, Any]]) -> list[str]:
 
 def versus_seed(results: Results, variant: Variant, seeds: list[int]) -> str:
     """The row against DPO on the same seed pairs, prompt by prompt, pooled over the seeds both ran."""
-    from sgpo.evaluation.statistics import bootstrap_mean
-
     reference = "flip_dpo" if variant.seed_pairs == "flipped" else "dpo_seed"
     if variant.seed_scale != 1.0:
         reference = f"size_dpo_x{variant.seed_scale:g}"
     if variant.name in (reference, SAME_RUN.get(reference)) or SAME_RUN.get(variant.name) == reference:
         return "-"
+    return versus(results, variant.name, reference, seeds)
+
+
+def versus(results: Results, name: str, reference: str, seeds: list[int]) -> str:
+    """Row ``name`` against row ``reference`` on the same seeds, prompt by prompt, pooled over the seeds both ran,
+    with a bootstrap interval over prompts, then each seed's own mean."""
+    from sgpo.evaluation.statistics import bootstrap_mean
+
     diffs = {}
     for seed in seeds:
-        mine, theirs = results.scores(variant.name, seed), results.scores(reference, seed)
+        mine, theirs = results.scores(name, seed), results.scores(reference, seed)
         if mine is not None and theirs is not None:
             diffs[seed] = mine - theirs
     if not diffs:
@@ -123,6 +129,56 @@ def hidden_table(results: Results, chosen: list[Variant], rows: list[int], seeds
             cells.insert(3, versus_seed(results, v, seeds))
             lines.append(f"| {v.row} | {label} | " + " | ".join(cells) + " |")
     lines += fitness(results, seeds)
+    return "\n".join(lines)
+
+
+def follower_sweep_table(results: Results, chosen: list[Variant], seeds: list[int]) -> str:
+    """Row 12: each follower setting against iterative DPO at epsilon 0 and against the soft trim, on the same seeds,
+    with where the follower's budget went (over the rounds and seeds each ran)."""
+    lines = [
+        "| setting | difference vs eps = 0 [95% CI] (per seed) | difference vs soft trim [95% CI] | KL | mass moved % "
+        "| attacked pairs % | attacked pairs' share of the gradient % | attacked margin percentile (mean / max) "
+        "| gold disagrees with the label: attacked / all % | gradient at the round's start vs eps = 0: attacked / "
+        "rest | seeds |",
+        "|---" * 11 + "|",
+    ]
+    control = next((v.name for v in chosen if v.name.startswith("soft_trim")), None)
+    for v in chosen:
+        found = [e for s in seeds if (e := results.entry(v.name, s)) is not None]
+        if not found:
+            continue
+        rounds = [r for e in found for r in e.get("attack", [])]
+
+        def mean(key: str, scale: float = 100.0, spec: str = ".1f", rows: list = rounds) -> str:
+            values = [r[key] for r in rows if r.get(key) is not None]
+            return format(scale * float(np.mean(values)), spec) if values else "-"
+
+        attacked = [r for r in rounds if r["pairs"]]
+        wrong_attacked = sum(r["gold_disagrees_attacked"] for r in attacked)
+        decided_attacked = sum(r["decided_attacked"] for r in attacked)
+        wrong_all = sum(r["gold_disagrees_all"] for r in attacked)
+        decided_all = sum(r["decided_all"] for r in attacked)
+        disagrees = (
+            f"{100 * wrong_attacked / decided_attacked:.0f} ({wrong_attacked}/{decided_attacked}) / "
+            f"{100 * wrong_all / decided_all:.0f}"
+            if decided_attacked and decided_all
+            else "-"
+        )
+        share = [100 * r["attacked"] / r["pairs"] for r in attacked]
+        cells = [
+            v.label,
+            versus(results, v.name, "iter_dpo", seeds),
+            "-" if control in (None, v.name) else versus(results, v.name, control, seeds),
+            f"{np.mean([e['kl'] for e in found]):.2f}",
+            mean("mass_moved"),
+            f"{np.mean(share):.1f}" if share else "-",
+            mean("attacked_grad_share"),
+            f"{mean('attacked_margin_percentile', spec='.0f')} / {mean('attacked_margin_percentile_max', spec='.0f')}",
+            disagrees,
+            f"{mean('gradient_ratio_attacked', 1.0, '.2f')} / {mean('gradient_ratio_rest', 1.0, '.2f')}",
+            str(len(found)),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -24,6 +24,11 @@ TRAIN_BUDGET = [
 ]
 
 EPSILONS = (0.0, 0.005, 0.01, 0.03, 0.05, 0.1)
+# row 12's sweep of the uncapped follower, and its control
+UNCAPPED_PROBABILITY = (0.01, 0.05, 0.1)
+UNCAPPED_MARGIN = (0.05, 0.1)
+SOFT_TRIM = ["method=ssapo", "train.loss_type=sigmoid", "judge.name=implicit_reward", "follower.apply=soft_trim"]
+SWEEP_ROW = 12
 GATE = "judge.options.gate=on_task"
 # row 10: half, the chosen and twice the chosen seed size (hidden: 1.9%, 3.8% and 7.7% of the 416 pool prompts)
 SEED_SCALES = (0.5, 1.0, 2.0)
@@ -139,6 +144,22 @@ def variants(gold_judge: str = "verifiable") -> list[Variant]:
         ),
         Variant(9, "flip_ssapo", "25% seed labels flipped: SSAPO eps = 0.01", tuple(ssapo(0.01)), seed_pairs="flipped"),
     ]
+    # row 12: the follower without the paper's cap (max_shift null), and the capped follower's soft trim without its
+    # shifts: each round pair's DPO loss weighted by the mass the worst case at epsilon 0.1 leaves it (a control)
+    v += [
+        Variant(12, f"uncapped_{space}_{e:g}", f"SSAPO eps = {e:g}, {space} space, uncapped",
+                (*SSAPO, f"follower.epsilon={e}", "follower.max_shift=null", f"follower.space={space}"))
+        for space, epsilons in (("probability", UNCAPPED_PROBABILITY), ("margin", UNCAPPED_MARGIN))
+        for e in epsilons
+    ]  # fmt: skip
+    v.append(
+        Variant(
+            12,
+            "soft_trim_0.1",
+            "soft trim: DPO on the rounds, each pair weighted by the mass the capped follower (eps = 0.1) leaves it",
+            (*SOFT_TRIM, "follower.epsilon=0.1", "follower.max_shift=0.1"),
+        )
+    )
     for scale in SEED_SCALES:
         # at x1 these are rows 2 and 5's runs (SAME_RUN)
         v += [

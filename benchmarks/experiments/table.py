@@ -21,9 +21,10 @@ from typing import Any
 from sgpo.pipeline.files import read_jsonl, write_jsonl
 
 from experiments import bundle, render
+from experiments.attack import run_attack
 from experiments.launch import Job, Launcher, evaluate, launch, sgpo
 from experiments.plots import plot_frontier, plot_seed_sizes
-from experiments.rows import INITIAL, SAME_RUN, Variant, run_name, track_budget, variants
+from experiments.rows import INITIAL, SAME_RUN, SWEEP_ROW, Variant, run_name, track_budget, variants
 from experiments.store import Results, annotator_metrics, label_agreement, rounds_of
 from experiments.tasks import Task, label_pool
 
@@ -73,6 +74,14 @@ class Table:
         return evaluate(
             self.launcher.call, model, self.out / "eval" / name, options, self.out / "logs" / f"eval_{name}.log"
         )
+
+    def attack(self, run_dir: Path) -> list[dict[str, Any]]:
+        """The follower's attacked pairs in each round of ``run_dir`` (:func:`experiments.attack.run_attack`)."""
+        import yaml
+        from sgpo.pipeline.judges import build_judge
+
+        judge = build_judge(self.task.judge, {}, None, option="--task")
+        return run_attack(run_dir, judge, yaml.safe_load((run_dir / "config.yaml").read_text()))
 
     def available(self, variant: Variant) -> bool:
         """Whether the track has the seed ``variant`` asks for (the verifiable bundle holds 16 seed pairs)."""
@@ -173,6 +182,9 @@ class Table:
         if variant.iterative and not self.task.hidden:
             # kept with the results: the run directories (its round labels) are not
             entry["label_agreement"] = label_agreement(run_dir)
+        if self.task.hidden and (run_dir / "round_1" / "worst_case.safetensors").is_file():
+            # which pairs the follower attacked, judged by gold, kept for the same reason
+            entry["attack"] = self.attack(run_dir)
         # under the run's own row: a row that shares it (SAME_RUN) copies it once the table's runs are done
         if variant.name in SAME_RUN:
             own = next(v for v in variants(self.task.judge) if v.name == SAME_RUN[variant.name])
@@ -230,6 +242,14 @@ class Table:
         """The table (table.md) and, on the hidden track, its pictures: reward vs KL (frontier.png) and row 10's seed
         sizes (seed_size.png); the verifiable track's evaluations have no paired differences to draw."""
         a = self.args
+        if self.task.hidden and SWEEP_ROW in a.rows:
+            # row 12 is the follower's sweep against epsilon 0, a table of its own
+            sweep = render.follower_sweep_table(self.store, [v for v in chosen if v.row == SWEEP_ROW], a.seeds)
+            (self.out / "follower_sweep.md").write_text(sweep + "\n")
+            print(sweep)
+            chosen = [v for v in chosen if v.row != SWEEP_ROW]
+            if not chosen:
+                return
         if self.task.hidden:
             table = render.hidden_table(self.store, chosen, a.rows, a.seeds, self.task.judge)
         else:
