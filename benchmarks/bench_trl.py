@@ -15,8 +15,11 @@ from a config with sgpo's byte-level tokenizer, so no weights are downloaded. Ro
 each keeps its best median and its lowest peak, which damps a shared, noisy machine. With ``--response-tokens`` the
 baselines (``--baselines``) are ``trl.DPOTrainer`` with its defaults (which include gradient checkpointing), with
 ``precompute_ref_log_probs=True``, with that and ``gradient_checkpointing=False`` and with ``use_liger_kernel=True``;
-ratios are against the best baseline for each measure. ``--profile`` adds, per configuration, where a step's time
-goes. ``--out`` is rewritten after every row, so a run stopped part-way keeps the rows it finished.
+ratios are against the best baseline for each measure; ``--sgpo`` picks sgpo's rows. ``--processes N`` runs every row
+in N DDP processes (``torch.distributed.run``, gloo on CPU) with ``--batch`` pairs per step in all; a row's step is
+its slowest process's and its memory its largest process's. ``--profile`` adds, per configuration, where a step's
+time goes. ``--out`` is rewritten after every row, so a run stopped part-way keeps the rows it finished. Each row runs
+in ``trl_step.py``.
 """
 
 from __future__ import annotations
@@ -30,9 +33,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections import defaultdict
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +44,6 @@ TEXT_WORDS = (
     "many then them these so some her would make like him into time has look two more write go see number no way "
     "could people my than first water been call who oil its now find long down day did get come made may part"
 ).split()
-
-
-def rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def word_pairs(n: int, length: int) -> dict[str, list]:
@@ -90,159 +83,37 @@ def token_pairs(n: int, prompt_tokens: int, response_tokens: int, tokenizer: Any
     }
 
 
-class Phases:
-    """Seconds per phase of the measured steps: hooks on the decoder, the head, ``accelerator.backward`` and the
-    optimizer; forward work without gradient is the reference's."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.active = False
-        self._open: dict[str, float] = {}
-
-    @contextmanager
-    def phase(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.active:
-                self.seconds[name] += time.perf_counter() - start
-
-    def wrap(self, owner: Any, attribute: str, name: str, split_reference: bool = True) -> None:
-        import torch
-
-        original = getattr(owner, attribute)
-
-        def timed(*args, **kwargs):
-            label = "reference" if split_reference and not torch.is_grad_enabled() else name
-            with self.phase(label):
-                return original(*args, **kwargs)
-
-        setattr(owner, attribute, timed)
-
-    def hook_module(self, module: Any, name: str) -> None:
-        import torch
-
-        def before(*_):
-            self._open[name] = time.perf_counter()
-
-        def after(*_):
-            if self.active and name in self._open:
-                label = name if torch.is_grad_enabled() else "reference"
-                self.seconds[label] += time.perf_counter() - self._open.pop(name)
-
-        module.register_forward_pre_hook(before)
-        module.register_forward_hook(after)
+STEP_SCRIPT = Path(__file__).with_name("trl_step.py")
 
 
-def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """One configuration in this process: train, time the steps, read the peak resident set."""
-    import torch
-
-    torch.set_num_threads(spec["threads"])
-    import datasets
-    import transformers
-    import trl
-    from sgpo.integrations.trl import SGPODPOConfig, SGPODPOTrainer
-    from transformers import AutoTokenizer, TrainerCallback
-
-    datasets.disable_progress_bars()
-    transformers.logging.set_verbosity_error()
-    baseline_kb = rss_kb("VmRSS")
-    on_gpu = torch.cuda.is_available()
-    if on_gpu:
-        torch.cuda.reset_peak_memory_stats()
-    phases = Phases()
-
-    class StepTimer(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_step_begin(self, args, state, control, **kwargs) -> None:
-            phases.active = state.global_step >= 1
-            self.start = time.perf_counter()
-
-        def on_pre_optimizer_step(self, args, state, control, **kwargs) -> None:
-            self.optimizer_start = time.perf_counter()
-
-        def on_optimizer_step(self, args, state, control, **kwargs) -> None:
-            if phases.active:
-                phases.seconds["optimizer"] += time.perf_counter() - self.optimizer_start
-
-        def on_step_end(self, args, state, control, **kwargs) -> None:
-            self.times.append(time.perf_counter() - self.start)
-
-    data = datasets.Dataset.from_dict(spec["data"])
-    trainer_cls, config_cls = (
-        (SGPODPOTrainer, SGPODPOConfig) if spec["trainer"] == "sgpo" else (trl.DPOTrainer, trl.DPOConfig)
-    )
-    out = tempfile.mkdtemp(prefix="sgpo-bench-trl-")
-    args = config_cls(output_dir=out, **spec["common"], **spec["config"])
-    kwargs: dict[str, Any] = {}
-    if spec.get("lora"):
-        import peft
-
-        kwargs["peft_config"] = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
-    timer = StepTimer()
-    start = time.perf_counter()
-    trainer = trainer_cls(
-        model=spec["model"],
-        args=args,
-        train_dataset=data,
-        processing_class=AutoTokenizer.from_pretrained(spec["model"]),
-        callbacks=[timer],
-        **kwargs,
-    )
-    setup = time.perf_counter() - start
-    if spec.get("profile"):
-        policy = trainer.model.get_base_model() if hasattr(trainer.model, "get_base_model") else trainer.model
-        phases.hook_module(policy.get_decoder(), "decoder forward")
-        if trainer.ref_model is not None:
-            phases.hook_module(trainer.ref_model.get_decoder(), "reference")
-        import sgpo.integrations.shared_prompt as shared
-        import sgpo.integrations.trl as sgpo_trl
-        import trl.trainer.utils as trl_utils
-
-        # the fused head, wherever sgpo calls it from (each module holds its own reference to the function)
-        phases.wrap(shared, "head_token_logps", "head forward")
-        phases.wrap(sgpo_trl, "head_token_logps", "head forward")
-        import sgpo.integrations.trl_forward as trl_forward
-        import sgpo.packing as packing
-
-        phases.wrap(packing, "head_token_logps", "head forward")
-        phases.wrap(packing, "model_attention_mask", "mask building")
-        phases.wrap(trl_forward, "pack_pairs", "packing")
-        phases.wrap(trl_utils._ChunkedLogProbFunction, "apply", "head forward")
-        phases.wrap(trainer.accelerator, "backward", "backward", split_reference=False)
-        phases.wrap(trainer, "training_step", "training step", split_reference=False)
-    trainer.train()
-    steps = timer.times[1:]
-    result = {
-        "median": statistics.median(steps),
-        "times": timer.times,
-        "peak_mb": torch.cuda.max_memory_allocated() / 2**20 if on_gpu else (rss_kb("VmHWM") - baseline_kb) / 1024,
-        "setup": setup,
-    }
-    if spec.get("profile"):
-        per_step = {name: seconds / len(steps) for name, seconds in phases.seconds.items()}
-        per_step["other"] = statistics.mean(steps) - sum(
-            v for k, v in per_step.items() if k not in ("training step", "other")
-        )
-        result["phases"] = per_step
-    return result
+def _json_line(line: str) -> dict[str, Any]:
+    """A worker's result line, or {} for anything else it printed (the trainer prints dicts that are not JSON)."""
+    try:
+        row = json.loads(line) if line.startswith("{") else {}
+    except json.JSONDecodeError:
+        return {}
+    return row if isinstance(row, dict) else {}
 
 
 def run_row(spec: dict[str, Any]) -> dict[str, Any]:
+    """One configuration in a fresh process (``trl_step.py``), or in ``spec["processes"]`` DDP processes under
+    ``torch.distributed.run``: there the row's step is the slowest process's and its memory the largest process's."""
     env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "TQDM_DISABLE": "1"}
     env["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="sgpo-bench-cache-")
-    done = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True, env=env
-    )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if done.returncode != 0 or not lines:
+    command = [sys.executable, str(STEP_SCRIPT), json.dumps(spec)]
+    processes = spec.get("processes", 1)
+    if processes > 1:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+        command = [*launcher, *command[1:]]
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    lines = [row for line in done.stdout.splitlines() if "rank" in (row := _json_line(line))]
+    if done.returncode != 0 or len(lines) != processes:
         error = [line for line in done.stderr.strip().splitlines() if line.strip()]
         return {"error": error[-1][:160] if error else f"exit code {done.returncode}"}
-    return json.loads(lines[-1])
+    if processes == 1:
+        return lines[0]
+    slowest = max(lines, key=lambda r: r["median"])
+    return {**slowest, "peak_mb": max(r["peak_mb"] for r in lines), "setup": max(r["setup"] for r in lines)}
 
 
 # The baselines of the realistic mode, by the key ``--baselines`` picks them with.
@@ -277,6 +148,32 @@ RANDOM_MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+# sgpo's rows of the realistic mode, by the key ``--sgpo`` picks them with: logps_backend="sgpo" and its forward
+# (pair by pair on one process without checkpointing, packed elsewhere; see sgpo.integrations.trl_forward)
+SGPO_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "precompute": (
+        "SGPODPOTrainer, logps_backend=sgpo, precompute_ref_log_probs",
+        {"precompute_ref_log_probs": True},
+    ),
+    "default": ("SGPODPOTrainer, logps_backend=sgpo", {}),
+    "packed-precompute": (
+        "SGPODPOTrainer, logps_backend=sgpo, packed, precompute_ref_log_probs",
+        {"pair_by_pair": False, "precompute_ref_log_probs": True},
+    ),
+    "packed": ("SGPODPOTrainer, logps_backend=sgpo, packed", {"pair_by_pair": False}),
+    "packed-checkpointing": (
+        "SGPODPOTrainer, logps_backend=sgpo, packed, gradient_checkpointing",
+        {"pair_by_pair": False, "gradient_checkpointing": True},
+    ),
+}
+
+
+def sgpo_rows(keys: list[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    return {
+        name: ("sgpo", {"logps_backend": "sgpo", **config}) for key, (name, config) in SGPO_ROWS.items() if key in keys
+    }
+
+
 def baselines(keys: list[str] | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
     return {name: row for key, (name, row) in BASELINES.items() if keys is None or key in keys}
 
@@ -301,7 +198,7 @@ def render(
 
     device = torch.cuda.get_device_name() if on_gpu else f"CPU ({platform.processor() or platform.machine()})"
     lines = [
-        f"torch {torch.__version__}, sgpo {sgpo.__version__}, {device}, {options.threads} thread(s) per row, "
+        f"torch {torch.__version__}, sgpo {sgpo.__version__}, {device}, {options.threads} thread(s) per process, "
         f"{os.cpu_count()} cores; median of {options.steps} steps after a warm-up step, best of {options.repeats} "
         "fresh processes per row.",
     ]
@@ -352,15 +249,23 @@ def main() -> None:
     parser.add_argument(
         "--baselines", nargs="+", default=list(BASELINES), choices=list(BASELINES), help="realistic mode's baselines"
     )
+    parser.add_argument(
+        "--sgpo",
+        nargs="+",
+        default=["precompute", "default", "packed-precompute", "packed"],
+        choices=list(SGPO_ROWS),
+        help="realistic mode's sgpo rows",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per row")
     parser.add_argument("--profile", action="store_true", help="also time the phases of each step")
     parser.add_argument("--out", default=None, help="also write the markdown tables here")
-    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--processes", type=int, default=1, help="DDP processes per row (torch.distributed.run); --batch is global"
+    )
     options = parser.parse_args()
-    if options.worker:
-        print(json.dumps(worker(json.loads(options.worker))))
-        return
+    if options.processes < 1 or options.batch % options.processes:
+        parser.error(f"--processes: expected a divisor of --batch ({options.batch}), got {options.processes}")
 
     import torch
     from sgpo.models import resolve_model
@@ -374,7 +279,7 @@ def main() -> None:
     n = options.batch * (options.steps + 1)
     on_gpu = torch.cuda.is_available()
     common = dict(
-        per_device_train_batch_size=options.batch,
+        per_device_train_batch_size=options.batch // options.processes,
         max_steps=options.steps + 1,
         learning_rate=1e-5,
         logging_steps=options.steps + 1,
@@ -414,21 +319,10 @@ def main() -> None:
             counts = {key: statistics.mean(len(tokenizer(t)["input_ids"]) for t in data[key]) for key in data}
             for mode in options.modes:
                 rows = dict(baselines(options.baselines))
-                rows["SGPODPOTrainer, logps_backend=sgpo, precompute_ref_log_probs"] = (
-                    "sgpo",
-                    {"logps_backend": "sgpo", "precompute_ref_log_probs": True},
-                )
-                rows["SGPODPOTrainer, logps_backend=sgpo"] = ("sgpo", {"logps_backend": "sgpo"})
-                rows["SGPODPOTrainer, logps_backend=sgpo, packed, precompute_ref_log_probs"] = (
-                    "sgpo",
-                    {"logps_backend": "sgpo", "pair_by_pair": False, "precompute_ref_log_probs": True},
-                )
-                rows["SGPODPOTrainer, logps_backend=sgpo, packed"] = (
-                    "sgpo",
-                    {"logps_backend": "sgpo", "pair_by_pair": False},
-                )
+                rows.update(sgpo_rows(options.sgpo))
+                processes = f"{options.processes} DDP processes, " if options.processes > 1 else ""
                 heading = (
-                    f"{label}, {'LoRA r=16 all-linear' if mode == 'lora' else 'full fine-tuning'}, "
+                    f"{label}, {'LoRA r=16 all-linear' if mode == 'lora' else 'full fine-tuning'}, {processes}"
                     f"{options.batch} pairs per step, prompt {counts['prompt']:.0f} + response "
                     f"{counts['chosen']:.0f} / {counts['rejected']:.0f} tokens (mean chosen / rejected)"
                 )
@@ -446,6 +340,7 @@ def main() -> None:
                     config=config,
                     common=common,
                     threads=options.threads,
+                    processes=options.processes,
                     profile=options.profile and repeat == 0,
                 )
                 result = run_row(spec)
