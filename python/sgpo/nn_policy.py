@@ -69,6 +69,10 @@ def chosen_nll(
     return -token.sum() / (chosen_target != ignore_index).sum().clamp(min=1)
 
 
+# rows of the head summed at a time for the logit means
+_SUM_ROWS = 8192
+
+
 @torch.no_grad()
 def logits_means(
     lin_weight: torch.Tensor, _input: torch.Tensor, bias: torch.Tensor | None
@@ -76,7 +80,11 @@ def logits_means(
     """Liger's chosen and rejected logit means, over every position and the whole vocabulary, without a projection:
     sum_v (h . w_v + b_v) = h . sum_v w_v + sum_v b_v."""
     n_pairs, seq_len = _input.shape[0] // 2, _input.shape[1]
-    row_sums = _input.float().sum(1) @ lin_weight.float().sum(0)
+    # the head summed in float32 a block of rows at a time (a float32 copy of a Llama-3 head in bfloat16 is 2 GB)
+    column_sums = torch.zeros(lin_weight.shape[1], dtype=torch.float32, device=lin_weight.device)
+    for start in range(0, lin_weight.shape[0], _SUM_ROWS):
+        column_sums += lin_weight[start : start + _SUM_ROWS].float().sum(0)
+    row_sums = _input.float().sum(1) @ column_sums
     if bias is not None:
         row_sums = row_sums + seq_len * bias.float().sum()
     scale = n_pairs * seq_len * lin_weight.shape[0]
