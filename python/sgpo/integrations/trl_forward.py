@@ -38,13 +38,12 @@ class PromptSharingForward:
     def _shared_prompt(self, model: Any, inputs: Mapping[str, Any]) -> tuple[list[Pair], Any] | None:
         """The batch's pairs and ``model``'s (decoder, head) when sgpo's prompt-sharing forwards apply, else None.
 
-        They need ``logps_backend="sgpo"``, no DeepSpeed (not run under ZeRO-3 yet), no MoE auxiliary loss
-        (it is not per pair), a plain causal LM (:func:`sgpo.lm_head.decoder_and_head`) and a text
-        batch in TRL's layout with a non-empty prompt.
+        They need ``logps_backend="sgpo"``, no MoE auxiliary loss (it is not per pair), a plain causal LM
+        (:func:`sgpo.lm_head.decoder_and_head`) and a text batch in TRL's layout with a non-empty prompt. Under
+        DeepSpeed the pairs are packed (ZeRO-3 gathers each module's weights around its own forward).
         """
         if (
             self.args.logps_backend != "sgpo"
-            or self.is_deepspeed_enabled
             or self.aux_loss_enabled
             or set(inputs) - _SHARED_PROMPT_KEYS - set(self._sgpo_columns)
         ):
@@ -65,11 +64,17 @@ class PromptSharingForward:
         """Whether sgpo's forward runs pair by pair through a key/value cache (it needs one process, no FSDP and no
         gradient checkpointing: a wrapper's hooks expect one forward per backward, and checkpointing turns the cache
         off) rather than packed (:mod:`sgpo.packing`, one ordinary forward of the whole batch)."""
-        applies = not (self.accelerator.num_processes > 1 or self.is_fsdp_enabled or self.args.gradient_checkpointing)
+        applies = not (
+            self.accelerator.num_processes > 1
+            or self.is_fsdp_enabled
+            or self.is_deepspeed_enabled
+            or self.args.gradient_checkpointing
+        )
         if self.args.pair_by_pair and not applies:
             raise ValueError(
-                f"pair_by_pair: True needs one process without FSDP, got {self.accelerator.num_processes} "
-                f"process(es){' under FSDP' if self.is_fsdp_enabled else ''}; expected pair_by_pair=False or None "
+                f"pair_by_pair: True needs one process without FSDP or DeepSpeed, got "
+                f"{self.accelerator.num_processes} process(es){' under FSDP' if self.is_fsdp_enabled else ''}"
+                f"{' under DeepSpeed' if self.is_deepspeed_enabled else ''}; expected pair_by_pair=False or None "
                 "(the packed forward)"
             )
         return applies if self.args.pair_by_pair is None else self.args.pair_by_pair
