@@ -109,7 +109,9 @@ def run_row(spec: dict[str, Any]) -> dict[str, Any]:
     lines = [row for line in done.stdout.splitlines() if "rank" in (row := _json_line(line))]
     if done.returncode != 0 or len(lines) != processes:
         error = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        return {"error": error[-1][:160] if error else f"exit code {done.returncode}"}
+        # a launcher's report ends in banners: the failing process's own exception line says what went wrong
+        raised = [line for line in error if "Error:" in line or "Exception:" in line]
+        return {"error": (raised or error or [f"exit code {done.returncode}"])[-1][:160]}
     if processes == 1:
         return lines[0]
     slowest = max(lines, key=lambda r: r["median"])
