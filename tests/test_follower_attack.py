@@ -22,19 +22,23 @@ def attack():
     return module
 
 
-def test_probability_space_sends_moved_mass_to_the_clamp_floor(attack) -> None:
+def test_probability_space_sends_moved_mass_to_the_clamp_floor() -> None:
+    from experiments.attack import gradient_ratio
+
     # pair 0: half its mass moved below 0 (clamped: no gradient); pair 1: a small shift; pair 2: untouched
     weights = np.array([[0.5, 0.5], [1.0, 0.0], [1.0, 0.0]])
     shifts = np.array([[0.6, 0.0], [0.1, 0.0], [0.0, 0.0]])
-    ratio = attack.gradient_ratio(weights, shifts, beta=0.1, space="probability")
+    ratio = gradient_ratio(weights, shifts, beta=0.1, space="probability")
     # d/dx -log(sigmoid(x) - D) at 0 is sigmoid'(0) / (1/2 - D): a shift that stays above the floor grows the gradient
     assert ratio == pytest.approx([0.5, 0.5 / 0.4, 1.0])
 
 
-def test_margin_space_upweights_the_attacked_pairs(attack) -> None:
+def test_margin_space_upweights_the_attacked_pairs() -> None:
+    from experiments.attack import gradient_ratio
+
     weights = np.array([[1.0, 0.0], [0.25, 0.75]])
     shifts = np.array([[1.0, 0.0], [2.0, 0.0]])
-    ratio = attack.gradient_ratio(weights, shifts, beta=0.1, space="margin")
+    ratio = gradient_ratio(weights, shifts, beta=0.1, space="margin")
     sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
     # d/dx -log sigmoid(x - D) at 0 is sigmoid(D), against sigmoid(0) = 1/2 with no shift
     assert ratio == pytest.approx([sig(1.0) / 0.5, (0.25 * sig(2.0) + 0.75 * 0.5) / 0.5])
