@@ -161,18 +161,16 @@ def _linear_token_logps_backward(
         )
     width = min(chunk_tokens, max(n_rows, 1))
     block = _vocab_block(width, vocab)
-    low_precision_weight = need_weight and weight.dtype != acc_dtype
-    if low_precision_weight:
+    block_sum = None
+    if need_weight and weight.dtype != acc_dtype:
         # the block's float32 sum of grad_weight is a tile too (block x hidden)
         block = min(block, _vocab_block(hidden.shape[1], vocab))
+        block_sum = torch.empty(block, weight.shape[1], dtype=acc_dtype, device=weight.device)
     tiles = _Tiles(width, block, weight, dtype)
     row_grad_hidden = (
         torch.zeros(n_rows, hidden.shape[1], dtype=acc_dtype, device=hidden.device) if need_hidden else None
     )
     grad_weight = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight else None
-    block_sum = None
-    if low_precision_weight:
-        block_sum = torch.empty(block, weight.shape[1], dtype=acc_dtype, device=weight.device)
     grad_bias = torch.zeros(vocab, dtype=acc_dtype, device=weight.device) if need_bias else None
     for start in range(0, vocab, block):
         stop = min(start + block, vocab)
