@@ -174,3 +174,9 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(json.dumps(worker(json.loads(sys.argv[1]))), flush=True)
+    import torch
+
+    if torch.distributed.is_initialized():
+        # leave together: a process that exits while another still talks to it over gloo aborts that one
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

@@ -391,6 +391,9 @@ if trainer.accelerator.is_main_process:
     }
     with open(out + "/result.json", "w") as f:
         json.dump(result, f)
+# leave together: a process that exits while the other still talks to it over gloo aborts it (SIGABRT)
+trainer.accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()
 """
 
 

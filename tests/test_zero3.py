@@ -22,6 +22,7 @@ from conftest import launch_output  # noqa: E402
 WORKER = """
 import json, os, sys
 import deepspeed
+import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 import trl
@@ -82,6 +83,8 @@ if trainer.accelerator.is_main_process:
     }
     with open(os.path.join(out, which + ".json"), "w") as f:
         json.dump(result, f)
+trainer.accelerator.wait_for_everyone()
+torch.distributed.destroy_process_group()
 """
 
 

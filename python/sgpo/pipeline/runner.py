@@ -190,4 +190,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     run(load_config(args.config, args.overrides))
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.use_distributed:
+        # leave together: a process that exits while another still talks to it over gloo or NCCL aborts that one
+        state.wait_for_everyone()
+        state.destroy_process_group()
     return 0
