@@ -146,12 +146,6 @@ def variants(gold_judge: str = "verifiable") -> list[Variant]:
     ]
     # row 12: the follower without the paper's cap (max_shift null), and the capped follower's soft trim without its
     # shifts: each round pair's DPO loss weighted by the mass the worst case at epsilon 0.1 leaves it (a control)
-    v += [
-        Variant(12, f"uncapped_{space}_{e:g}", f"SSAPO eps = {e:g}, {space} space, uncapped",
-                (*SSAPO, f"follower.epsilon={e}", "follower.max_shift=null", f"follower.space={space}"))
-        for space, epsilons in (("probability", UNCAPPED_PROBABILITY), ("margin", UNCAPPED_MARGIN))
-        for e in epsilons
-    ]  # fmt: skip
     v.append(
         Variant(
             12,
@@ -160,6 +154,12 @@ def variants(gold_judge: str = "verifiable") -> list[Variant]:
             (*SOFT_TRIM, "follower.epsilon=0.1", "follower.max_shift=0.1"),
         )
     )
+    v += [
+        Variant(12, f"uncapped_{space}_{e:g}", f"SSAPO eps = {e:g}, {space} space, uncapped",
+                (*SSAPO, f"follower.epsilon={e}", "follower.max_shift=null", f"follower.space={space}"))
+        for space, epsilons in (("probability", UNCAPPED_PROBABILITY), ("margin", UNCAPPED_MARGIN))
+        for e in epsilons
+    ]  # fmt: skip
     for scale in SEED_SCALES:
         # at x1 these are rows 2 and 5's runs (SAME_RUN)
         v += [
