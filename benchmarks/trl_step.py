@@ -174,9 +174,6 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(json.dumps(worker(json.loads(sys.argv[1]))), flush=True)
-    import torch
+    from sgpo.pipeline.distributed import leave_together
 
-    if torch.distributed.is_initialized():
-        # leave together: a process that exits while another still talks to it over gloo aborts that one
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    leave_together()

@@ -93,6 +93,7 @@ if accelerator.is_main_process:
         },
         sys.argv[2],
     )
+distributed.leave_together()
 """
 
 
@@ -136,6 +137,7 @@ import json, sys
 from datasets import Dataset
 from transformers import AutoTokenizer
 from sgpo.integrations.trl import SGPODPOConfig, SGPODPOTrainer
+from sgpo.pipeline import distributed
 
 model_dir, out, rows, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 trainer = SGPODPOTrainer(
@@ -159,6 +161,7 @@ if trainer.accelerator.is_main_process:
     }
     with open(out + "/result.json", "w") as f:
         json.dump(result, f)
+distributed.leave_together()
 """
 
 
@@ -250,6 +253,7 @@ if mode == "kill":
 else:
     distributed.ShardedTrainState.load = recording_load
 run(load_config("tiny", overrides))
+distributed.leave_together()
 """
 
 

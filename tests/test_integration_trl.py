@@ -370,6 +370,7 @@ import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 from sgpo.integrations.trl import SGPODPOConfig, SGPODPOTrainer
+from sgpo.pipeline import distributed
 
 model_dir, out, rows, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 trainer = SGPODPOTrainer(
@@ -391,9 +392,7 @@ if trainer.accelerator.is_main_process:
     }
     with open(out + "/result.json", "w") as f:
         json.dump(result, f)
-# leave together: a process that exits while the other still talks to it over gloo aborts it (SIGABRT)
-trainer.accelerator.wait_for_everyone()
-torch.distributed.destroy_process_group()
+distributed.leave_together()
 """
 
 

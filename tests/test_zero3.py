@@ -22,12 +22,12 @@ from conftest import launch_output  # noqa: E402
 WORKER = """
 import json, os, sys
 import deepspeed
-import torch
 from datasets import Dataset
 from transformers import AutoTokenizer
 import trl
 import sgpo.ops
 from sgpo.integrations.trl import SGPODPOConfig, SGPODPOTrainer
+from sgpo.pipeline import distributed
 
 model_dir, out, which = sys.argv[1], sys.argv[2], sys.argv[3]
 deepspeed.init_distributed(dist_backend="gloo")
@@ -83,8 +83,7 @@ if trainer.accelerator.is_main_process:
     }
     with open(os.path.join(out, which + ".json"), "w") as f:
         json.dump(result, f)
-trainer.accelerator.wait_for_everyone()
-torch.distributed.destroy_process_group()
+distributed.leave_together()
 """
 
 

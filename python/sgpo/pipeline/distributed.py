@@ -24,6 +24,16 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "false").lower() in ("1", "true", "yes")
 
 
+def leave_together() -> None:
+    """Under a launcher, wait for every process and close the process group; nothing in one process.
+
+    Call it last: a process that exits while another is still in a collective with it (gloo or NCCL) makes that one
+    abort (SIGABRT) after its work is done."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 def fsdp_requested() -> bool:
     """Whether the launch asked for FSDP (``accelerate launch`` sets this from ``distributed_type: FSDP``)."""
     return _env_flag("ACCELERATE_USE_FSDP")

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from sgpo.pipeline import files
+from sgpo.pipeline import distributed, files
 from sgpo.pipeline.config import RunConfig, bundled_configs, load_config
 from sgpo.pipeline.context import RunContext
 from sgpo.pipeline.policy import load_policy
@@ -190,11 +190,5 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     run(load_config(args.config, args.overrides))
-    from accelerate import PartialState
-
-    state = PartialState()
-    if state.use_distributed:
-        # leave together: a process that exits while another still talks to it over gloo or NCCL aborts that one
-        state.wait_for_everyone()
-        state.destroy_process_group()
+    distributed.leave_together()
     return 0
