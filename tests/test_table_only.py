@@ -226,10 +226,10 @@ def test_the_follower_sweep_table_compares_each_setting_with_epsilon_0_and_the_s
     chosen = [v for v in variants() if v.name in ("uncapped_probability_0.1", "soft_trim_0.1")]
     lines = render.follower_sweep_table(results, chosen, [1, 2]).splitlines()
     assert len(lines) == 4
-    uncapped = lines[2].split(" | ")
+    # the control first, then the follower's settings
+    trim, uncapped = lines[2].split(" | "), lines[3].split(" | ")
     # paired against epsilon 0 on each seed: +0.06 and +0.07, pooled +0.065; against the soft trim +0.03
     assert uncapped[1].startswith("+0.065 [") and "s1 +0.060 / s2 +0.070" in uncapped[1]
     assert uncapped[2].startswith("+0.030 [")
-    assert uncapped[3:10] == ["11.50", "5.0", "10.0", "2.0", "4 / 9", "75 (24/32) / 50", "0.00 / 1.00"]
-    trim = lines[3].split(" | ")
+    assert uncapped[3:10] == ["11.50", "5.0", "10.0", "2.0", "4 / 9", "75 (24/32) / 50, p = 0.0035", "0.00 / 1.00"]
     assert trim[2] == "-" and trim[9] == "0.50 / 1.00"

@@ -132,13 +132,22 @@ def hidden_table(results: Results, chosen: list[Variant], rows: list[int], seeds
     return "\n".join(lines)
 
 
+def above_base_rate(hits: int, trials: int, rate: float) -> float:
+    """One-sided binomial p-value that ``hits`` of ``trials`` exceed the base ``rate``: do the attacked pairs carry
+    wrong self-labels more often than the round's pairs do?"""
+    from scipy.stats import binomtest
+
+    return float(binomtest(hits, trials, rate, alternative="greater").pvalue)
+
+
 def follower_sweep_table(results: Results, chosen: list[Variant], seeds: list[int]) -> str:
     """Row 12: each follower setting against iterative DPO at epsilon 0 and against the soft trim, on the same seeds,
     with where the follower's budget went (over the rounds and seeds each ran)."""
     lines = [
         "| setting | difference vs eps = 0 [95% CI] (per seed) | difference vs soft trim [95% CI] | KL | mass moved % "
         "| attacked pairs % | attacked pairs' share of the gradient % | attacked margin percentile (mean / max) "
-        "| gold disagrees with the label: attacked / all % | gradient at the round's start vs eps = 0: attacked / "
+        "| gold disagrees with the label: attacked / all %, p (attacked above the base rate) "
+        "| gradient at the round's start vs eps = 0: attacked / "
         "rest | seeds |",
         "|---" * 11 + "|",
     ]
@@ -160,7 +169,8 @@ def follower_sweep_table(results: Results, chosen: list[Variant], seeds: list[in
         decided_all = sum(r["decided_all"] for r in attacked)
         disagrees = (
             f"{100 * wrong_attacked / decided_attacked:.0f} ({wrong_attacked}/{decided_attacked}) / "
-            f"{100 * wrong_all / decided_all:.0f}"
+            f"{100 * wrong_all / decided_all:.0f}, "
+            f"p = {above_base_rate(wrong_attacked, decided_attacked, wrong_all / decided_all):.2g}"
             if decided_attacked and decided_all
             else "-"
         )
