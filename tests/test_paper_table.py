@@ -86,11 +86,14 @@ def test_every_row_of_the_issue_is_a_variant() -> None:
         "uncapped_margin_0.05",
         "uncapped_margin_0.1",
         "soft_trim_0.1",
+        "trim_uncapped_0.1",
     }
     assert all(v.donor == "dpo_seed" for v in sweep.values())
     assert all("follower.max_shift=null" in v.overrides for k, v in sweep.items() if k.startswith("uncapped"))
     trim = sweep["soft_trim_0.1"].overrides
     assert {"follower.apply=soft_trim", "train.loss_type=sigmoid", "follower.max_shift=0.1"} <= set(trim)
+    hard = sweep["trim_uncapped_0.1"].overrides
+    assert {"follower.apply=soft_trim", "train.loss_type=sigmoid", "follower.max_shift=null"} <= set(hard)
 
 
 @pytest.mark.parametrize("task", ["verifiable", "hidden:warmth"])

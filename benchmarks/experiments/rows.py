@@ -160,6 +160,15 @@ def variants(gold_judge: str = "verifiable") -> list[Variant]:
         for space, epsilons in (("probability", UNCAPPED_PROBABILITY), ("margin", UNCAPPED_MARGIN))
         for e in epsilons
     ]  # fmt: skip
+    # the uncapped follower's trim: its attacked pairs (lowest margins, whole mass moved) weighted out of the DPO loss
+    v.append(
+        Variant(
+            12,
+            "trim_uncapped_0.1",
+            "trim: DPO on the rounds, each pair weighted by the mass the uncapped follower (eps = 0.1) leaves it",
+            (*SOFT_TRIM, "follower.epsilon=0.1", "follower.max_shift=null"),
+        )
+    )
     for scale in SEED_SCALES:
         # at x1 these are rows 2 and 5's runs (SAME_RUN)
         v += [
