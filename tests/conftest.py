@@ -107,6 +107,15 @@ def subprocess_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
+def launch_two_processes(script: Path, args: list[str], timeout: int, **env: str) -> None:
+    """``script args`` in two processes under ``torch.distributed.run`` (gloo on CPU), one thread each, with ``env``
+    added to the environment; fails the test with the processes' own output if the launch failed."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", **env}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    done = subprocess.run([*command, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert done.returncode == 0, launch_output(done)
+
+
 def launch_output(done: subprocess.CompletedProcess) -> str:
     """A failed multi-process launch's output: its stdout tail and each failing process's own traceback, which the
     launcher's report that follows would push out of a plain stderr tail."""

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("trl", reason="TRL is not installed; pip install 'sgpo[trl]' (the dev extra includes it)")
 
 import sgpo  # noqa: E402
-from conftest import launch_output  # noqa: E402
+from conftest import launch_two_processes  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from sgpo.integrations.trl import (  # noqa: E402
     SGPODPOConfig,
@@ -401,11 +398,7 @@ def train_in_two_processes(tmp_path: Path, model_dir: Path, options: dict) -> di
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER)
     rows = {"prompt": PROMPTS, "chosen": CHOSEN, "rejected": REJECTED}
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    command += [str(model_dir), str(tmp_path / "ddp"), json.dumps(rows), json.dumps(options)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, launch_output(done)
+    launch_two_processes(script, [str(model_dir), str(tmp_path / "ddp"), json.dumps(rows), json.dumps(options)], 300)
     ddp = json.loads((tmp_path / "ddp" / "result.json").read_text())
     assert ddp["processes"] == 2
     return ddp

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ pytest.importorskip("trl")
 if importlib.util.find_spec("deepspeed") is None:
     pytest.skip("DeepSpeed is not installed", allow_module_level=True)
 
-from conftest import launch_output  # noqa: E402
+from conftest import launch_two_processes  # noqa: E402
 
 WORKER = """
 import json, os, sys
@@ -90,12 +87,7 @@ distributed.leave_together()
 def zero3_run(tmp_path: Path, model_dir: Path, which: str) -> dict:
     script = tmp_path / "zero3_worker.py"
     script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", "DS_ACCELERATOR": "cpu"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
-    done = subprocess.run(
-        [*command, str(model_dir), str(tmp_path), which], capture_output=True, text=True, timeout=600, env=env
-    )
-    assert done.returncode == 0, launch_output(done)
+    launch_two_processes(script, [str(model_dir), str(tmp_path), which], 600, DS_ACCELERATOR="cpu")
     return json.loads((tmp_path / f"{which}.json").read_text())
 
 
