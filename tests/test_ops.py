@@ -179,12 +179,15 @@ def test_fused_linear_matches_the_unfused_reference(
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_fused_linear_bfloat16_error_at_most_twice_plain(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("low_dtype", [torch.bfloat16, torch.float16])
+def test_fused_linear_low_precision_error_at_most_twice_plain(
+    monkeypatch: pytest.MonkeyPatch, low_dtype: torch.dtype
+) -> None:
     monkeypatch.setattr(fused_linear, "_TILE_ELEMENTS", 256 * 64)
     hidden, weight, bias, labels = fused_case((3, 47, 1000), 64, seed=5)
-    low = [t.to(torch.bfloat16) for t in (hidden, weight, bias)]
+    low = [t.to(low_dtype) for t in (hidden, weight, bias)]
     results = {}
-    for name, dtype in (("ours", torch.bfloat16), ("plain", torch.bfloat16), ("exact", torch.float64)):
+    for name, dtype in (("ours", low_dtype), ("plain", low_dtype), ("exact", torch.float64)):
         h, w, b = (leaf(t, dtype) for t in low)
         if name == "ours":
             out = ops.fused_linear_sequence_logps(h, w, labels, bias=b, chunk_tokens=50)
@@ -193,6 +196,36 @@ def test_fused_linear_bfloat16_error_at_most_twice_plain(monkeypatch: pytest.Mon
         results[name] = (out, *grads(out, (h, w, b)))
     for i in range(4):
         assert low_precision_ok(results["ours"][i], results["plain"][i], results["exact"][i]), i
+
+
+@pytest.mark.parametrize("head_dtype", [torch.float16, torch.bfloat16])
+def test_fused_linear_float32_hidden_before_a_low_precision_head(head_dtype: torch.dtype) -> None:
+    """A mixed-precision model's last norm can hand a float32 hidden state to a float16 head: the op multiplies in
+    the head's dtype, as the head's own forward would after casting, and gives the hidden state a float32 gradient."""
+    hidden, weight, _, labels = fused_case((2, 9, 50), 8)
+    hidden = hidden.requires_grad_()
+    weight = weight.to(head_dtype).requires_grad_()
+    out = ops.fused_linear_sequence_logps(hidden, weight, labels)
+    ref_hidden, ref_weight = leaf(hidden, head_dtype), leaf(weight, head_dtype)
+    ref = sequence_logps_reference(ref_hidden @ ref_weight.t(), labels)
+    assert out.dtype == torch.float32 and ref.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+    got_hidden, got_weight = grads(out, (hidden, weight))
+    want_hidden, want_weight = grads(ref, (ref_hidden, ref_weight))
+    assert got_hidden.dtype == torch.float32 and got_weight.dtype == head_dtype
+    torch.testing.assert_close(got_hidden, want_hidden.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(got_weight.float(), want_weight.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_fused_linear_follows_autocast_like_a_linear_layer() -> None:
+    """Under autocast a float32 head multiplies in autocast's dtype, as F.linear does there."""
+    hidden, weight, _, labels = fused_case((2, 9, 50), 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ops.fused_linear_sequence_logps(hidden, weight, labels)
+        ref = sequence_logps_reference(torch.nn.functional.linear(hidden, weight), labels)
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
+    exact = sequence_logps_reference(hidden @ weight.t(), labels)
+    assert (out - exact).abs().max() > 1e-4  # it did multiply in bfloat16
 
 
 def test_fused_linear_frozen_head_gets_no_gradient() -> None:

@@ -264,6 +264,20 @@ class LinearTokenLogps(torch.autograd.Function):
         )
 
 
+def _matmul_operands(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The operands in the dtype ``F.linear`` would multiply them in: autocast's where it is on for their device,
+    else the head's (a float32 hidden state before a float16 or bfloat16 head, as a mixed-precision model's last norm
+    may give, is cast to the head's dtype). The tiles follow that dtype; sums are in float32 whatever it is."""
+    dtype = weight.dtype
+    if torch.is_autocast_enabled(hidden.device.type) and dtype in (torch.float16, torch.bfloat16, torch.float32):
+        dtype = torch.get_autocast_dtype(hidden.device.type)
+    if bias is not None and bias.dtype != dtype:
+        bias = bias.to(dtype)
+    return hidden.to(dtype), weight.to(dtype), bias
+
+
 def fused_linear_token_logps(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -292,6 +306,7 @@ def fused_linear_token_logps(
         chunk_tokens = CHUNK_TOKENS
     elif not (isinstance(chunk_tokens, int) and chunk_tokens >= 1):
         raise ValueError(f"chunk_tokens: expected an integer >= 1, got {chunk_tokens!r}")
+    hidden, weight, bias = _matmul_operands(hidden, weight, bias)
     batch, seq_len, width = hidden.shape
     token, sum_sq = LinearTokenLogps.apply(
         hidden.reshape(batch * seq_len, width),
