@@ -16,7 +16,14 @@ pytest.importorskip("trl", reason="TRL is not installed; pip install 'sgpo[trl]'
 
 from sgpo.integrations.trl import SGPODPOConfig, SGPODPOTrainer  # noqa: E402
 from sgpo.loss_args import TRL_LOSS_TYPES  # noqa: E402
-from test_integration_trl import assert_same_training, config, pairs, step_logs, train  # noqa: E402
+from test_integration_trl import (  # noqa: E402
+    assert_same_logged,
+    assert_same_training,
+    config,
+    pairs,
+    step_logs,
+    train,
+)
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
 # label_smoothing for the losses that read it in TRL 1.16 (EXO needs one > 0)
@@ -38,6 +45,13 @@ CASES: dict[str, dict] = {
     },
     "wpo": {"loss_type": "sigmoid", "use_weighting": True},
     "discopop_tau": {"loss_type": "discopop", "discopop_tau": 0.3},
+    # TRL's TR-DPO: the reference model moves towards the policy every step (the model given as a string id)
+    "sync_ref_model": {
+        "loss_type": "sigmoid",
+        "sync_ref_model": True,
+        "ref_model_sync_steps": 1,
+        "ref_model_mixup_alpha": 0.5,
+    },
     # TRL's documented combinations: RPO and MPO
     "rpo": {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]},
     "mpo": {"loss_type": ["sigmoid", "bco_pair", "sft"], "loss_weights": [0.8, 0.2, 1.0]},
@@ -79,15 +93,15 @@ def test_trains_like_trl(tiny_model_dir: Path, tmp_path: Path, case: str, logps_
     ours = train(SGPODPOTrainer, args, tiny_model_dir, pairs())
     assert_same_training(ours, theirs, tolerance=1e-5, param_tolerance=1e-4)
     keys = METRICS + (HEAD_METRICS if logps_backend == "trl" else ())
-    for a, b in zip(step_logs(ours), step_logs(theirs)):
+    for step, (a, b) in enumerate(zip(step_logs(ours), step_logs(theirs)), start=1):
         for key in keys:
-            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+            assert_same_logged(ours, a, b, step, key, 1e-5)
 
 
 def test_each_option_changes_the_training(tiny_model_dir: Path, tmp_path: Path) -> None:
     """The options are not silently dropped: each case's loss differs from plain DPO's at some step."""
     plain = [entry["loss"] for entry in step_logs(trl_run("sigmoid", tiny_model_dir, tmp_path))]
-    for case in ("ld_alpha", "forward_kl", "wpo", "rpo"):
+    for case in ("ld_alpha", "forward_kl", "wpo", "rpo", "sync_ref_model"):
         losses = [entry["loss"] for entry in step_logs(trl_run(case, tiny_model_dir, tmp_path))]
         assert max(abs(a - b) for a, b in zip(losses, plain)) > 1e-4, case
 

@@ -22,6 +22,7 @@ from test_integration_trl import (  # noqa: E402
     config,
     one_full_batch_step,
     pairs,
+    record_pair_margins,
     step_logs,
     train,
     train_in_two_processes,
@@ -82,6 +83,7 @@ def test_the_packed_forward_reproduces_trl(tiny_model_dir: Path, tmp_path: Path,
         **kwargs,
     )
     trainer.initial_params = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    record_pair_margins(trainer)
     calls = count_decoder_rows(trainer)
     assert_same_training(trainer, theirs, tolerance=1e-5, param_tolerance=1e-4)
     # each decoder call holds at most one row per pair (TRL's layout has two, the pair-by-pair forward one per call):

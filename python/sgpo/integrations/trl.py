@@ -92,7 +92,9 @@ class SGPODPOTrainer(PromptSharingForward, DPOTrainer):
                 f"args: expected an sgpo.integrations.trl.SGPODPOConfig (a DPOConfig with sgpo's options), "
                 f"got {type(args).__name__}"
             )
-        if args.sync_ref_model and (kwargs.get("peft_config") is not None or is_peft_model(model)):
+        # a string model id is loaded by TRL later; only a model object can already be a PEFT model
+        peft_model = not isinstance(model, str) and is_peft_model(model)
+        if args.sync_ref_model and (kwargs.get("peft_config") is not None or peft_model):
             raise ValueError(
                 "sync_ref_model: True needs a reference model to move, but with PEFT the reference is the adapter "
                 "disabled; expected sync_ref_model=False, or full fine-tuning"
