@@ -125,11 +125,11 @@ def test_fused_head_gives_wpo_log_sum_sq_probs_from_the_same_pass() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"loss_type": "dpo"}, "loss_type: unknown value 'dpo'; expected one of sigmoid"),
+        ({"loss_type": "dpo"}, "Unsupported loss_type: 'dpo'; expected one of sigmoid"),
         ({"f_divergence_type": "chi2"}, "f_divergence_type: unknown value 'chi2'"),
         ({"loss_type": "nca_pair", "f_divergence_type": "js_divergence"}, "f_divergence_type: 'js_divergence'"),
         ({"loss_type": "discopop", "discopop_tau": 0.0}, "discopop_tau: expected a finite number > 0, got 0.0"),
-        ({"loss_type": "exo_pair"}, r"label_smoothing: exo_pair .* needs a value in \(0.0, 1.0\), got 0.0"),
+        ({"loss_type": "exo_pair"}, r"label_smoothing must be > 0 for loss_type='exo_pair' .*, got 0.0"),
         ({"loss_type": "sigmoid_norm"}, "chosen_lengths: sigmoid_norm divides each log-ratio"),
         ({"loss_type": "aot", "weights": [1.0]}, "weights: aot sorts the batch's log-ratios"),
         ({"loss_type": "hinge", "chosen_lengths": [1.0], "rejected_lengths": [1.0]}, "chosen_lengths: only ipo"),

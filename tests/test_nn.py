@@ -116,14 +116,16 @@ def test_reference_sources() -> None:
 
 def test_module_argument_errors() -> None:
     data = batch()
-    with pytest.raises(ValueError, match="loss_type: unknown value 'dpo'"):
-        FusedLinearPreferenceLoss("dpo")
+    with pytest.raises(ValueError, match="Unsupported loss_type: 'dpo'"):
+        FusedLinearPreferenceLoss(loss_type="dpo")
+    with pytest.raises(ValueError, match=r"ignore_index: expected an integer, got 'ipo'; pass loss_type by keyword"):
+        FusedLinearPreferenceLoss("ipo")
     with pytest.raises(ValueError, match="ipo_length_normalized: only loss_type='ipo'"):
-        FusedLinearPreferenceLoss("sigmoid", ipo_length_normalized=True)
+        FusedLinearPreferenceLoss(loss_type="sigmoid", ipo_length_normalized=True)
     with pytest.raises(ValueError, match=r"_input: expected shape \(2 \* n_pairs, T, H\)"):
         FusedLinearPreferenceLoss(use_ref_model=False)(data["weight"], data["input"][:5], data["target"][:5])
     with pytest.raises(ValueError, match="chosen_win_prob: loss_type='sppo' needs"):
-        FusedLinearPreferenceLoss("sppo", use_ref_model=False)(data["weight"], data["input"], data["target"])
+        FusedLinearPreferenceLoss(loss_type="sppo", use_ref_model=False)(data["weight"], data["input"], data["target"])
 
 
 @pytest.mark.parametrize(
@@ -155,3 +157,29 @@ def test_matches_liger_fused_linear_dpo(loss_type: str, label_smoothing: float, 
         torch.testing.assert_close(ours, theirs.detach().float(), rtol=1e-4, atol=1e-4)
     for ours, theirs in zip(grads_s, grads_l):
         torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+DROP_INS = [
+    ("LigerFusedLinearDPOLoss", "FusedLinearPreferenceLoss"),
+    ("LigerFusedLinearSimPOLoss", "FusedLinearSimPOLoss"),
+    ("LigerFusedLinearCPOLoss", "FusedLinearCPOLoss"),
+    ("LigerFusedLinearORPOLoss", "FusedLinearORPOLoss"),
+]
+
+
+@pytest.mark.parametrize(("liger_name", "ours_name"), DROP_INS)
+@pytest.mark.parametrize("method", ["__init__", "forward"])
+def test_drop_in_signature_is_ligers(liger_name: str, ours_name: str, method: str) -> None:
+    """Liger's parameters, parameter by parameter (name, kind, default), lead ours in its order, so a positional or
+    keyword call written for Liger binds the same way; whatever sgpo adds is keyword-only."""
+    import inspect
+
+    import sgpo.nn
+
+    liger = pytest.importorskip("liger_kernel.chunked_loss", reason="Liger-Kernel is not installed")
+    theirs = list(inspect.signature(getattr(getattr(liger, liger_name), method)).parameters.values())[1:]
+    ours = list(inspect.signature(getattr(getattr(sgpo.nn, ours_name), method)).parameters.values())[1:]
+    described = [(p.name, p.kind, p.default) for p in ours[: len(theirs)]]
+    assert described == [(p.name, p.kind, p.default) for p in theirs]
+    extra = [p for p in ours[len(theirs) :] if p.kind not in (p.KEYWORD_ONLY, p.VAR_KEYWORD)]
+    assert not extra, f"{ours_name}.{method}: sgpo's own parameters must be keyword-only, got {extra}"

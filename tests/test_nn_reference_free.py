@@ -93,7 +93,7 @@ def test_orpo_nll_target_and_constructor_order() -> None:
 
 
 def test_bad_label_smoothing_names_the_argument() -> None:
-    with pytest.raises(ValueError, match=r"label_smoothing: simpo .* needs a value in \[0.0, 0.5\], got 0.7"):
+    with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0.0, 0.5\] for loss_type='simpo' .*, got 0.7"):
         FusedLinearSimPOLoss(label_smoothing=0.7)
     with pytest.raises(ValueError, match=r"_input: expected shape \(2 \* n_pairs, T, H\)"):
         FusedLinearCPOLoss()(torch.randn(VOCAB, WIDTH), torch.randn(3, SEQ_LEN, WIDTH), torch.zeros(3, SEQ_LEN).long())

@@ -126,9 +126,12 @@ def test_each_option_changes_the_training(tiny_model_dir: Path, tmp_path: Path) 
         ({"loss_type": "aot", "use_weighting": True}, r"use_weighting: WPO weighs each pair, but \['aot'\] sort"),
         (
             {"loss_type": "exo_pair"},
-            r"label_smoothing: exo_pair \(EXO's epsilon\) needs a value in \(0.0, 1.0\), got 0.0",
+            r"label_smoothing must be > 0 for loss_type='exo_pair' \(EXO's epsilon\), got 0.0",
         ),
-        ({"loss_type": "robust", "label_smoothing": 0.5}, r"label_smoothing: robust .* needs a value in \[0.0, 0.5\)"),
+        (
+            {"loss_type": "robust", "label_smoothing": 0.5},
+            r"label_smoothing must lie in \[0.0, 0.5\) for loss_type='robust'",
+        ),
         ({"loss_type": "hinge", "label_smoothing": 0.1}, r"label_smoothing: only .* use it; got 0.1"),
         (
             {"sync_ref_model": True, "precompute_ref_log_probs": True},

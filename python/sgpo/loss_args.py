@@ -140,8 +140,12 @@ def check_label_smoothing(loss_type: str, label_smoothing: float) -> None:
         label_smoothing <= high if high_in else label_smoothing < high
     )
     if not (_finite(label_smoothing) and inside):
+        # worded as Liger-Kernel words it, so code written against Liger's messages matches ours
         span = f"{'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
-        raise ValueError(f"label_smoothing: {loss_type} ({meaning}) needs a value in {span}, got {label_smoothing!r}")
+        rule = f"be > {low:g}" if not low_in and label_smoothing <= low else f"lie in {span}"
+        raise ValueError(
+            f"label_smoothing must {rule} for loss_type={loss_type!r} ({meaning}), got {label_smoothing!r}"
+        )
 
 
 def check_loss_options(
@@ -154,7 +158,7 @@ def check_loss_options(
 ) -> None:
     """The options that need no tensor: the loss type and its scalar settings."""
     if loss_type not in LOSS_TYPES:
-        raise ValueError(f"loss_type: unknown value {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
+        raise ValueError(f"Unsupported loss_type: {loss_type!r}; expected one of {', '.join(LOSS_TYPES)}")
     if f_divergence_type not in F_DIVERGENCES:
         raise ValueError(
             f"f_divergence_type: unknown value {f_divergence_type!r}; expected one of {', '.join(F_DIVERGENCES)}"

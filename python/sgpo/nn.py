@@ -30,6 +30,9 @@ __all__ = ["FusedLinearCPOLoss", "FusedLinearORPOLoss", "FusedLinearPreferenceLo
 class FusedLinearPreferenceLoss(torch.nn.Module):
     """lm_head + preference loss, chunked over tokens.
 
+    The positional arguments are ``LigerFusedLinearDPOLoss``'s, in its order (Liger-Kernel 0.8.5), so a positional call
+    written for Liger means the same here; sgpo's own options are keyword-only. Pass ``loss_type`` by keyword.
+
     Args:
         loss_type: one of :data:`sgpo.ops.LOSS_TYPES` (docs/loss-types.md).
         beta, label_smoothing: as in :func:`sgpo.ops.preference_loss` (label smoothing is cDPO for ``sigmoid``, the
@@ -54,26 +57,32 @@ class FusedLinearPreferenceLoss(torch.nn.Module):
 
     def __init__(
         self,
-        loss_type: str = "sigmoid",
-        beta: float = 0.1,
-        label_smoothing: float = 0.0,
         ignore_index: int = -100,
+        beta: float = 0.1,
+        alpha: float = 1.0,
+        compute_nll_loss: bool = False,
+        compiled: bool = True,
+        use_ref_model: bool = True,
+        average_log_prob: bool = False,
+        chunk_size: int = 1,
+        loss_type: str = "sigmoid",
+        label_smoothing: float = 0.0,
+        discopop_tau: float = 0.05,
         *,
         space: str = "probability",
         ipo_length_normalized: bool = False,
         f_divergence_type: str = "reverse_kl",
         f_alpha_divergence_coef: float = 0.5,
-        discopop_tau: float = 0.05,
         simpo_gamma: float = 0.5,
-        average_log_prob: bool = False,
-        compute_nll_loss: bool = False,
-        alpha: float = 1.0,
-        use_ref_model: bool = True,
         chunk_tokens: int | None = None,
-        compiled: bool = True,
-        chunk_size: int = 1,
     ) -> None:
         super().__init__()
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            # the first positional argument is Liger's ignore_index; sgpo's constructor once took loss_type there
+            raise ValueError(
+                f"ignore_index: expected an integer, got {ignore_index!r}; pass loss_type by keyword "
+                f"(FusedLinearPreferenceLoss(loss_type={ignore_index!r}))"
+            )
         self.options = dict(
             f_divergence_type=f_divergence_type,
             f_alpha_divergence_coef=f_alpha_divergence_coef,
