@@ -197,3 +197,49 @@ def test_backends_and_layers_that_take_no_mask_are_named() -> None:
     model.config._attn_implementation = "sdpa"
     model.config.layer_types = ["full_attention", "linear_attention"]
     assert "layer types ['linear_attention'] take no causal mask" in unsupported(model)
+
+
+def test_the_tested_model_types_are_the_parity_families() -> None:
+    from sgpo.architectures import TESTED_MODEL_TYPES
+
+    types = {getattr(transformers, name)().model_type for name, _, _ in FAMILIES.values()}
+    assert types == TESTED_MODEL_TYPES
+
+
+# TRL's test suite trains these: a short convolution (LFM2) and Mamba-2 mixers (NemotronH) beside attention
+STATEFUL = {
+    "lfm2": ("Lfm2Config", {"layer_types": ["conv", "full_attention"]}, "Lfm2ShortConv"),
+    "nemotron_h": (
+        "NemotronHConfig",
+        {
+            "head_dim": 8,
+            "mamba_num_heads": 4,
+            "mamba_head_dim": 8,
+            "ssm_state_size": 8,
+            "n_groups": 1,
+            "hybrid_override_pattern": "M*-",
+            "num_hidden_layers": 3,
+        },
+        "NemotronHMamba2Mixer",
+    ),
+}
+
+
+def stateful_model(family: str) -> transformers.PreTrainedModel:
+    name, extra, _ = STATEFUL[family]
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(getattr(transformers, name)(**{**SMALL, **extra})).float()
+
+
+@pytest.mark.parametrize("family", list(STATEFUL))
+def test_stateful_layers_and_untested_model_types_are_named(family: str) -> None:
+    from sgpo.architectures import prompt_sharing_blocker
+    from sgpo.packing import unsupported
+
+    layer = STATEFUL[family][2]
+    model = stateful_model(family)
+    assert f"layer type {layer} carries state along the sequence" in prompt_sharing_blocker(model)
+    assert unsupported(model) == prompt_sharing_blocker(model)
+    attention_only = transformers.AutoModelForCausalLM.from_config(transformers.CohereConfig(**SMALL))
+    assert "model type 'cohere' is not among those whose prompt-once forward is tested" in unsupported(attention_only)
+    assert prompt_sharing_blocker(tiny_model("gemma3", "sdpa")) is None

@@ -118,3 +118,32 @@ def test_two_ddp_processes_pack_and_match_one_process(tiny_model_dir: Path, tmp_
     assert [entry["loss"] for entry in ddp["logs"]] == pytest.approx([e["loss"] for e in step_logs(single)], rel=1e-5)
     for name, param in single.model.named_parameters():
         torch.testing.assert_close(torch.tensor(ddp["params"][name]), param.detach(), rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("family", ["lfm2", "nemotron_h"])
+def test_stateful_architectures_take_the_full_sequence_forward_by_name(tmp_path: Path, family: str) -> None:
+    """A model whose layers carry state along the sequence trains like TRL's trainer, through the full-sequence
+    forward with the head on response tokens, and says so once, naming the layer."""
+    import warnings
+
+    import transformers
+    from sgpo.models import build_tiny_tokenizer
+    from test_packing import SMALL, STATEFUL
+
+    name, extra, layer = STATEFUL[family]
+    tokenizer = build_tiny_tokenizer()
+    settings = {**SMALL, **extra, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}
+    settings.update(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, name)(**settings)).float()
+    model_dir = tmp_path / family
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+
+    theirs = train(DPOTrainer, config(DPOConfig, tmp_path), model_dir, pairs())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = train(SGPODPOTrainer, config(SGPODPOConfig, tmp_path, logps_backend="sgpo"), model_dir, pairs())
+    named = [w for w in caught if "logps_backend='sgpo'" in str(w.message)]
+    assert len(named) == 1 and f"layer type {layer} carries state" in str(named[0].message), named
+    assert_same_training(ours, theirs, tolerance=1e-5, param_tolerance=1e-4)

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sgpo.architectures import prompt_sharing_blocker
 from sgpo.lm_head import head_token_logps
 
 PROMPT, CHOSEN, REJECTED, PADDING = 0, 1, 2, 3
@@ -189,8 +190,11 @@ _MASKED_LAYERS = ("full_attention", "sliding_attention")
 
 
 def unsupported(model: nn.Module) -> str | None:
-    """Why ``model`` cannot take packed pairs (its attention backend, or a layer type that takes no causal mask), or
-    None when it can."""
+    """Why ``model`` cannot take packed pairs (an architecture :func:`sgpo.architectures.prompt_sharing_blocker`
+    names, its attention backend, or a layer type that takes no causal mask), or None when it can."""
+    blocker = prompt_sharing_blocker(model)
+    if blocker is not None:
+        return blocker
     config = model.config
     backend = getattr(config, "_attn_implementation", None)
     if backend not in PACKED_BACKENDS:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from sgpo.architectures import prompt_sharing_blocker
 from sgpo.integrations.shared_prompt import Pair, TokenLogps, pairs_token_logps, split_pairs
 from sgpo.integrations.trl_losses import PairBatch, Tokens, chosen_sums, sequence_logps, uses_pairs_jointly, wpo_weights
 from sgpo.lm_head import decoder_and_head
@@ -48,11 +49,13 @@ class PromptSharingForward:
             or set(inputs) - _SHARED_PROMPT_KEYS - set(self._sgpo_columns)
         ):
             return None
-        parts = decoder_and_head(self.accelerator.unwrap_model(model))
+        unwrapped = self.accelerator.unwrap_model(model)
+        parts = decoder_and_head(unwrapped)
         if parts is None:
             return None
-        reason = unsupported(self.accelerator.unwrap_model(model))
-        if reason is not None and not self._pair_by_pair():
+        # the architecture bars both layouts; the attention backend only the packed one
+        reason = prompt_sharing_blocker(unwrapped) or (None if self._pair_by_pair() else unsupported(unwrapped))
+        if reason is not None:
             if not getattr(self, "_sgpo_warned", False):
                 warnings.warn(f"logps_backend='sgpo': {reason}; one forward per full sequence instead", stacklevel=2)
                 self._sgpo_warned = True
