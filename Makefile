@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-latest constraints lint bench gpu-check device-check device-wheels kernel-resources clean
+.PHONY: setup demo test test-cpu-matrix test-latest constraints lint bench gpu-check device-check device-wheels kernel-resources clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt CMakeLists.txt $(wildcard csrc/*)
 	bash scripts/setup.sh "$(PYTHON)" "$(VENV)"
@@ -19,6 +19,16 @@ test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -q
+	$(MAKE) test-cpu-matrix
+
+# The TRL parity tests again with torch's AVX2 and its unvectorised CPU kernels, whatever this CPU has: float sums in
+# another order must not change what the parity tests decide (about 1 minute each on 2 cores).
+PARITY := tests/test_trl_packed.py tests/test_integration_trl.py tests/test_trl_loss_parity.py
+test-cpu-matrix: setup
+	for capability in avx2 default; do \
+		ATEN_CPU_CAPABILITY=$$capability $(PY) -m pytest -q -p no:cacheprovider $(PARITY) \
+			-k "reproduces or trains_like_trl or float16 or stateful" || exit 1; \
+	done
 
 # The canary for the next upstream release: the suite in a throwaway environment with the newest release of every
 # dependency; prints which versions differ from constraints.txt and what failed.
