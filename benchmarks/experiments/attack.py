@@ -16,6 +16,7 @@ import torch
 from safetensors.numpy import load_file
 from sgpo.follower import ATTACKED, moved_mass
 from sgpo.pipeline.files import read_jsonl
+from sgpo.pipeline.stages.update import margin_drop_weights
 
 
 def gradient_ratio(weights: np.ndarray, shifts: np.ndarray, beta: float, space: str) -> np.ndarray:
@@ -62,9 +63,16 @@ def round_attack(run_dir: Path, t: int, judge: Any, cfg: dict[str, Any]) -> dict
     decided = chosen != rejected
     correct = chosen > rejected
     follower = cfg["follower"]
-    space, soft_trim = follower["space"], follower.get("apply", "worst_case") == "soft_trim"
-    # the soft trim trains each pair's loss times the mass it keeps: at margin 0 that is its gradient's factor
-    ratio = 1.0 - moved if soft_trim else gradient_ratio(weights, shifts, float(cfg["train"]["beta"]), space)
+    space, apply = follower["space"], follower.get("apply", "worst_case")
+    if apply == "margin_drop":
+        # the pairs the run dropped: as many as the worst case attacks, the lowest by margin
+        ratio = margin_drop_weights(margins, int(attacked.sum()))
+        attacked = ratio == 0.0
+    elif apply == "soft_trim":
+        # the soft trim trains each pair's loss times the mass it keeps: at margin 0 that is its gradient's factor
+        ratio = 1.0 - moved
+    else:
+        ratio = gradient_ratio(weights, shifts, float(cfg["train"]["beta"]), space)
     # each pair's margin percentile among the round's pairs (0 = the lowest)
     percentile = np.argsort(np.argsort(margins)) / max(len(margins) - 1, 1)
 

@@ -21,7 +21,7 @@ from sgpo.pipeline.typed import Replace, build, merge
 from sgpo.reference import LOSS_TYPES, SPACES
 
 METHODS = ("ssapo", "sppo", "dpo")
-FOLLOWER_APPLY = ("worst_case", "soft_trim")
+FOLLOWER_APPLY = ("worst_case", "soft_trim", "margin_drop")
 OPTIMIZERS = ("adamw", "rmsprop")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
@@ -104,7 +104,8 @@ class FollowerConfig:
     backend: str = "auto"
     # what the round trains with the worst case: "worst_case" (the ssapo loss against its weights and shifts), or
     # "soft_trim" (train.loss_type's loss, each pair weighted by the mass the worst case leaves unshifted: the
-    # follower's reweighting without its adversarial shifts, a control)
+    # follower's reweighting without its adversarial shifts, a control), or "margin_drop" (train.loss_type's loss
+    # without as many of the round's lowest-margin pairs as the worst case attacks: the follower's plain baseline)
     apply: str = "worst_case"
 
 
@@ -260,15 +261,15 @@ class RunConfig:
         if f.backend == "paper" and f.space != "probability":
             raise ValueError("follower.backend: 'paper' exists only for follower.space=probability")
         _choice("follower.apply", f.apply, FOLLOWER_APPLY)
-        if f.apply == "soft_trim" and self.method != "ssapo":
-            raise ValueError(f"follower.apply: 'soft_trim' weights an ssapo run's rounds; method is {self.method!r}")
+        if f.apply != "worst_case" and self.method != "ssapo":
+            raise ValueError(f"follower.apply: {f.apply!r} weights an ssapo run's rounds; method is {self.method!r}")
         t = self.train
         _pipeline_loss("train.loss_type", t.loss_type)
         if self.method == "ssapo" and f.apply == "worst_case" and t.loss_type != "ssapo":
             raise ValueError(f"train.loss_type: method 'ssapo' trains the 'ssapo' loss, got {t.loss_type!r}")
-        if self.method == "ssapo" and f.apply == "soft_trim" and t.loss_type in ("ssapo", "sppo", "sppo_hard"):
+        if self.method == "ssapo" and f.apply != "worst_case" and t.loss_type in ("ssapo", "sppo", "sppo_hard"):
             raise ValueError(
-                f"train.loss_type: follower.apply 'soft_trim' weights a pair loss without the worst case's shifts "
+                f"train.loss_type: follower.apply {f.apply!r} weights a pair loss without the worst case's shifts "
                 f"(sigmoid: DPO), got {t.loss_type!r}"
             )
         if self.method == "sppo" and t.loss_type not in ("sppo", "sppo_hard"):

@@ -22,6 +22,16 @@ from sgpo.pipeline import distributed, files, policy
 from sgpo.pipeline.context import RunContext
 
 
+def margin_drop_weights(margins: np.ndarray, k: int) -> np.ndarray:
+    """Weight 0 for the ``k`` lowest of ``margins`` (ties broken by position), 1 for the rest: the plain baseline of
+    the follower as a detector of wrong labels, which ranks pairs by margin and solves nothing."""
+    if not 0 <= k <= margins.size:
+        raise ValueError(f"k: expected an integer in [0, {margins.size}] (the number of margins), got {k!r}")
+    weights = np.ones(margins.size)
+    weights[np.argsort(margins, kind="stable")[:k]] = 0.0
+    return weights
+
+
 def loss_inputs(
     ctx: RunContext, pairs: list[dict[str, Any]], worst: dict[str, Any] | None
 ) -> tuple[dict[str, Any], dict[str, float]]:
@@ -39,6 +49,10 @@ def loss_inputs(
     if ctx.cfg.follower.apply == "soft_trim":
         # the follower's reweighting without its shifts: each pair's loss times the mass the worst case leaves it
         extra["pair_weights"] = np.clip(1.0 - moved, 0.0, 1.0)
+    elif ctx.cfg.follower.apply == "margin_drop":
+        margins = np.asarray([p["margin"] for p in pairs], dtype=np.float64)
+        extra["pair_weights"] = margin_drop_weights(margins, int(extra["attacked"].sum()))
+        extra["attacked"] = extra["pair_weights"] == 0.0
     else:
         extra.update(worst_case_weights=worst["weights"], worst_case_shifts=worst["shifts"])
     r = ctx.cfg.refinement
