@@ -87,8 +87,11 @@ def test_every_row_of_the_issue_is_a_variant() -> None:
         "uncapped_margin_0.1",
         "soft_trim_0.1",
         "trim_uncapped_0.1",
+        "margin_drop_0.1",
     }
     assert all(v.donor == "dpo_seed" for v in sweep.values())
+    drop = sweep["margin_drop_0.1"].overrides
+    assert {"follower.apply=margin_drop", "train.loss_type=sigmoid", "follower.max_shift=null"} <= set(drop)
     assert all("follower.max_shift=null" in v.overrides for k, v in sweep.items() if k.startswith("uncapped"))
     trim = sweep["soft_trim_0.1"].overrides
     assert {"follower.apply=soft_trim", "train.loss_type=sigmoid", "follower.max_shift=0.1"} <= set(trim)
@@ -369,6 +372,23 @@ def test_runs_share_a_cache_and_seeds_take_turns(tmp_path: Path, monkeypatch: py
         "dpo_seed_s1", "dpo_seed_s2", "iter_dpo_s1", "iter_dpo_s2",
         "ssapo_prob_s1", "ssapo_prob_s2", "ssapo_margin_s1", "ssapo_margin_s2",
     ]  # fmt: skip
+
+
+def test_variants_run_only_the_named_runs_and_write_no_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["--task", "hidden:structure", "--rows", "2", "12", "--seeds", "4", "--out", str(tmp_path), "--jobs", "1"]
+    args = table_args([*argv, "--variants", "dpo_seed", "trim_uncapped_0.1"])
+    t = Table(args)
+    # a finished run is skipped: invoking the same command again resumes the sweep
+    t.store.data["dpo_seed_s4"] = {"win_rate": 60.0}
+    (tmp_path / "runs" / "dpo_seed_s4" / "round_0" / "checkpoint").mkdir(parents=True)
+    ran = []
+    monkeypatch.setattr(t, "evaluate", lambda model, name: {"mean_score": 0.2})
+    monkeypatch.setattr(t, "job", lambda v, seed, donor: ran.append(f"{v.name}_s{seed}"))
+    t.run()
+    assert ran == ["trim_uncapped_0.1_s4"]
+    assert not (tmp_path / "table.md").exists() and not (tmp_path / "follower_sweep.md").exists()
+    with pytest.raises(SystemExit):
+        table_args([*argv, "--variants", "ssapo_prob"])
 
 
 @pytest.mark.parametrize("task", ["hidden:structure", "verifiable"])

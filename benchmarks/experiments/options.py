@@ -7,7 +7,7 @@ import argparse
 from sgpo.pipeline.files import read_jsonl
 
 from experiments import bundle
-from experiments.rows import track_budget
+from experiments.rows import track_budget, variants
 from experiments.tasks import Task
 
 # flags that rewrite a table from stored results: the table states the command that made the results, without them
@@ -26,6 +26,14 @@ def table_args(argv: list[str] | None = None, description: str = "") -> argparse
         "--rows", type=int, nargs="*", default=list(range(1, 12)), help="rows to run, in this order (DPO runs first)"
     )
     parser.add_argument("--seeds", type=int, nargs="*", default=[1, 2, 3])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="run only these runs of --rows (e.g. dpo_seed iter_dpo); the results go to results.json and no table "
+        "is written (render it with --table-only)",
+    )
     parser.add_argument("--out", default=None, help="default: bench_results/paper (verifiable), bench_results/<task>")
     parser.add_argument(
         "--num-prompts", type=int, default=None, help="held-out test prompts judged per model (64; hidden: 256)"
@@ -83,6 +91,10 @@ def table_args(argv: list[str] | None = None, description: str = "") -> argparse
         task = Task.parse(args.task)
     except ValueError as err:
         parser.error(str(err))
+    known = [v.name for v in variants(task.judge) if v.row in args.rows]
+    unknown = [name for name in args.variants or [] if name not in known]
+    if unknown:
+        parser.error(f"--variants: {' '.join(unknown)} not among the runs of --rows {args.rows}; expected of {known}")
     from sgpo.pipeline import load_config
 
     recipe = load_config(task.config, [])

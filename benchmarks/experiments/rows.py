@@ -28,6 +28,7 @@ EPSILONS = (0.0, 0.005, 0.01, 0.03, 0.05, 0.1)
 UNCAPPED_PROBABILITY = (0.01, 0.05, 0.1)
 UNCAPPED_MARGIN = (0.05, 0.1)
 SOFT_TRIM = ["method=ssapo", "train.loss_type=sigmoid", "judge.name=implicit_reward", "follower.apply=soft_trim"]
+MARGIN_DROP = ["method=ssapo", "train.loss_type=sigmoid", "judge.name=implicit_reward", "follower.apply=margin_drop"]
 SWEEP_ROW = 12
 GATE = "judge.options.gate=on_task"
 # row 10: half, the chosen and twice the chosen seed size (hidden: 1.9%, 3.8% and 7.7% of the 416 pool prompts)
@@ -167,6 +168,16 @@ def variants(gold_judge: str = "verifiable") -> list[Variant]:
             "trim_uncapped_0.1",
             "trim: DPO on the rounds, each pair weighted by the mass the uncapped follower (eps = 0.1) leaves it",
             (*SOFT_TRIM, "follower.epsilon=0.1", "follower.max_shift=null"),
+        )
+    )
+    # the plain baseline of that detector: as many of each round's lowest-margin pairs as the uncapped follower
+    # (eps = 0.1) attacks, dropped from the DPO loss without solving anything else
+    v.append(
+        Variant(
+            12,
+            "margin_drop_0.1",
+            "margin drop: DPO on the rounds without the k lowest-margin pairs, k = the uncapped follower's (eps = 0.1)",
+            (*MARGIN_DROP, "follower.epsilon=0.1", "follower.max_shift=null"),
         )
     )
     for scale in SEED_SCALES:

@@ -224,7 +224,9 @@ class Table:
     def run(self) -> None:
         a = self.args
         began = time.perf_counter()
-        chosen = [v for v in variants(self.task.judge) if v.row in a.rows and self.available(v)]
+        only = getattr(a, "variants", None)
+        chosen = [v for v in variants(self.task.judge) if v.row in a.rows and (not only or v.name in only)]
+        chosen = [v for v in chosen if self.available(v)]
         if getattr(a, "table_only", False):
             return self.print_table(chosen)
         (self.out / "logs").mkdir(exist_ok=True)
@@ -236,6 +238,10 @@ class Table:
                 if same in self.store.data:
                     self.store.data[f"{v.name}_s{seed}"] = {**self.store.data[same], "row": v.row, "label": v.label}
         self.store.save({"_wall_seconds": self.store.data.get("_wall_seconds", 0.0) + time.perf_counter() - began})
+        if only:
+            # a few runs of a table: its tables are rendered from all the results with --table-only
+            self.launcher.log(f"{', '.join(only)}: stored in {self.store.path}")
+            return
         self.print_table(chosen)
 
     def print_table(self, chosen: list[Variant]) -> None:
