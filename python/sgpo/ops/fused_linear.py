@@ -9,14 +9,22 @@ logits, turns them into ``grad * (onehot(label) - exp(logit - logsumexp))`` and 
 
 Tiling over the vocabulary as well as tokens bounds the memory of a tile while every matmul keeps a long reduction.
 The backward finishes each block of grad_weight over every token chunk before it starts the next, so a low-precision
-head needs one block's float32 sum, not a float32 copy of its whole gradient. The code is plain PyTorch (matmuls
-dominate, on CPU and GPU alike), registered as custom ops so ``torch.compile`` traces through it.
+head needs one block's float32 sum, not a float32 copy of its whole gradient.
+
+Two implementations, both registered as custom ops so ``torch.compile`` traces through them: on CUDA (and on CPU
+under ``TRITON_INTERPRET=1``) the Triton path of :mod:`sgpo.ops.fused_linear_triton`, which folds each cuBLAS tile in
+one pass; elsewhere, and for float64, the plain PyTorch code below. :func:`sgpo.ops.dispatch.fused_linear_plan`
+chooses, from measured settings where the device benchmark has recorded some for the GPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
+from sgpo.ops import fused_linear_triton
+from sgpo.ops.dispatch import FusedLinearPlan, fused_linear_plan
 from sgpo.ops.logps import reduce_tokens, valid_rows
 from sgpo.reference import check_labels, compute_dtype
 
@@ -237,22 +245,41 @@ class LinearTokenLogps(torch.autograd.Function):
         bias: torch.Tensor | None,
         labels: torch.Tensor,
         ignore_index: int,
-        chunk_tokens: int,
+        plan: FusedLinearPlan,
         with_sum_sq: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        token, lse, sum_sq = _linear_token_logps(hidden, weight, bias, labels, ignore_index, chunk_tokens, with_sum_sq)
-        ctx.save_for_backward(hidden, weight, bias, labels, lse)
-        ctx.ignore_index, ctx.chunk_tokens = ignore_index, chunk_tokens
-        ctx.mark_non_differentiable(sum_sq)
-        return token, sum_sq
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if plan.backend == "triton":
+            token, lse, sum_sq, rows = fused_linear_triton.linear_token_logps(
+                hidden, weight, bias, labels, ignore_index, plan.chunk_tokens, plan.block, plan.num_warps, with_sum_sq
+            )
+        else:
+            token, lse, sum_sq = _linear_token_logps(
+                hidden, weight, bias, labels, ignore_index, plan.chunk_tokens, with_sum_sq
+            )
+            rows = None
+        ctx.save_for_backward(hidden, weight, bias, labels, lse, rows)
+        ctx.ignore_index, ctx.plan = ignore_index, plan
+        if rows is None:
+            rows = labels.new_empty(0, dtype=torch.int64)
+        ctx.mark_non_differentiable(sum_sq, rows)
+        # the counted rows are an output too: under torch.compile their data-dependent length must leave the function
+        return token, sum_sq, rows
 
     @staticmethod
-    def backward(ctx, grad_token: torch.Tensor, _: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        hidden, weight, bias, labels, lse = ctx.saved_tensors
+    def backward(ctx, grad_token: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        hidden, weight, bias, labels, lse, rows = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
-        grad_hidden, grad_weight, grad_bias = _linear_token_logps_backward(
-            grad_token, hidden, weight, bias, labels, lse, ctx.ignore_index, ctx.chunk_tokens, need_hidden, need_weight
-        )
+        plan = ctx.plan
+        if plan.backend == "triton":
+            grad_hidden, grad_weight, grad_bias = fused_linear_triton.linear_token_logps_backward(
+                grad_token, hidden, weight, bias, labels, lse, rows, plan.chunk_tokens, plan.block, plan.num_warps,
+                need_hidden, need_weight,
+            )  # fmt: skip
+        else:
+            grad_hidden, grad_weight, grad_bias = _linear_token_logps_backward(
+                grad_token, hidden, weight, bias, labels, lse, ctx.ignore_index, plan.chunk_tokens, need_hidden,
+                need_weight,
+            )  # fmt: skip
         return (
             grad_hidden if need_hidden else None,
             grad_weight if need_weight else None,
@@ -302,19 +329,20 @@ def fused_linear_token_logps(
         raise ValueError(f"bias: expected shape ({weight.shape[0]},) to match weight, got {tuple(bias.shape)}")
     if labels.shape != hidden.shape[:2]:
         raise ValueError(f"labels: expected shape {tuple(hidden.shape[:2])} to match hidden, got {tuple(labels.shape)}")
-    if chunk_tokens is None:
-        chunk_tokens = CHUNK_TOKENS
-    elif not (isinstance(chunk_tokens, int) and chunk_tokens >= 1):
+    if chunk_tokens is not None and not (isinstance(chunk_tokens, int) and chunk_tokens >= 1):
         raise ValueError(f"chunk_tokens: expected an integer >= 1, got {chunk_tokens!r}")
     hidden, weight, bias = _matmul_operands(hidden, weight, bias)
     batch, seq_len, width = hidden.shape
-    token, sum_sq = LinearTokenLogps.apply(
+    plan = fused_linear_plan(hidden.device, weight.dtype, width, weight.shape[0], batch * seq_len, chunk_tokens)
+    if plan.backend == "torch" and chunk_tokens is None:
+        plan = dataclasses.replace(plan, chunk_tokens=CHUNK_TOKENS)
+    token, sum_sq, _ = LinearTokenLogps.apply(
         hidden.reshape(batch * seq_len, width),
         weight,
         bias,
         labels.reshape(-1),
         ignore_index,
-        chunk_tokens,
+        plan,
         log_sum_sq_probs,
     )
     if log_sum_sq_probs:
