@@ -178,3 +178,123 @@ def test_on_task_gate_ranks_failing_answers_last() -> None:
     assert found["sum+gate"]["agreement"] == 0.5 and found["length_debiased+gate"]["pairs"] == 2
     with pytest.raises(ValueError, match="admissible: expected shape"):
         implicit_reward_agreement(np.zeros((2, 2)), np.zeros((2, 2)), np.ones((2, 2)), np.ones((2, 3), dtype=bool))
+
+
+def simulate(rng: np.random.Generator, seeds: int, prompts: int, sd_seed: float, sd_prompt: float, sd_noise: float):
+    """Paired differences from the crossed seed x prompt model with true mean 0."""
+    return (
+        sd_seed * rng.standard_normal((seeds, 1))
+        + sd_prompt * rng.standard_normal((1, prompts))
+        + sd_noise * rng.standard_normal((seeds, prompts))
+    )
+
+
+def test_seed_level_interval_covers_where_the_pooled_bootstrap_does_not() -> None:
+    from sgpo.evaluation.statistics import seed_prompt_interval
+
+    rng = np.random.default_rng(1)
+    trials = 300
+    # the hidden track's scale: seed spread 0.04 against a prompt-level standard error near 0.01
+    pooled = seed_level = 0
+    for trial in range(trials):
+        d = simulate(rng, 3, 128, 0.04, 0.1, 0.15)
+        b = bootstrap_mean(d.ravel(), samples=200, seed=trial)
+        r = seed_prompt_interval(d)
+        pooled += b.low <= 0 <= b.high
+        seed_level += r.low <= 0 <= r.high
+    assert pooled / trials < 0.6
+    assert 0.91 <= seed_level / trials <= 0.99
+
+
+def test_seed_level_interval_keeps_coverage_when_prompts_dominate() -> None:
+    from sgpo.evaluation.statistics import seed_prompt_interval
+
+    rng = np.random.default_rng(2)
+    covered = [seed_prompt_interval(simulate(rng, 5, 64, 0.0, 0.3, 0.1)) for _ in range(300)]
+    assert 0.91 <= np.mean([r.low <= 0 <= r.high for r in covered]) <= 0.99
+    # the shared prompts' effect is in the interval: without it, the seeds' means alone would nearly agree
+    assert np.median([r.df for r in covered]) > 4
+
+
+def test_seed_level_interval_is_the_t_interval_over_seed_means_without_a_prompt_effect() -> None:
+    from scipy import stats
+    from sgpo.evaluation.statistics import seed_prompt_interval
+
+    # each seed a constant difference: no prompt variance, so the interval is the t interval over the seed means
+    d = np.repeat(np.array([[0.1], [0.2], [0.6]]), 10, axis=1)
+    r = seed_prompt_interval(d)
+    means = d.mean(axis=1)
+    half = stats.t.ppf(0.975, 2) * means.std(ddof=1) / np.sqrt(3)
+    assert (r.mean, r.df, r.seeds, r.prompts) == (pytest.approx(0.3), pytest.approx(2.0), 3, 10)
+    assert (r.low, r.high) == (pytest.approx(0.3 - half), pytest.approx(0.3 + half))
+    assert r.p_value == pytest.approx(2 * stats.t.sf(0.3 / (means.std(ddof=1) / np.sqrt(3)), 2))
+    # identical differences everywhere: a point, not an error
+    flat = seed_prompt_interval(np.full((3, 4), 0.25))
+    assert (flat.low, flat.high, flat.stderr) == (0.25, 0.25, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (np.zeros((1, 5)), "at least 2 seeds"),
+        (np.zeros(5), "shape \\(5,\\)"),
+        (np.array([[0.0, np.nan], [0.0, 1.0]]), "finite"),
+    ],
+)
+def test_seed_level_interval_rejects_bad_input(value: np.ndarray, message: str) -> None:
+    from sgpo.evaluation.statistics import seed_prompt_interval
+
+    with pytest.raises(ValueError, match=f"differences: .*{message}"):
+        seed_prompt_interval(value)
+    with pytest.raises(ValueError, match="level: expected a number in \\(0, 1\\), got 1.5"):
+        seed_prompt_interval(np.zeros((2, 2)), level=1.5)
+
+
+def test_equivalence_verdicts() -> None:
+    from sgpo.evaluation.statistics import SeedPromptInterval, equivalence
+
+    def cell(mean: float, stderr: float) -> SeedPromptInterval:
+        return SeedPromptInterval(mean, mean - 2 * stderr, mean + 2 * stderr, stderr=stderr, df=1e9)
+
+    assert equivalence(cell(0.001, 0.005), 0.02) == "equivalent"
+    assert equivalence(cell(0.05, 0.005), 0.02) == "not equivalent"
+    assert equivalence(cell(-0.05, 0.005), 0.02) == "not equivalent"
+    # a zero difference measured too loosely to rule out the margin
+    assert equivalence(cell(0.0, 0.02), 0.02) == "inconclusive"
+    with pytest.raises(ValueError, match="margin: expected a number > 0, got -0.02"):
+        equivalence(cell(0.0, 0.01), -0.02)
+
+
+def test_holm_matches_the_step_down_by_hand() -> None:
+    from sgpo.evaluation.statistics import holm
+
+    # sorted 0.01, 0.02, 0.04, 0.5: x4, x3, x2, x1, then running maxima
+    assert holm([0.04, 0.01, 0.5, 0.02]) == pytest.approx([0.08, 0.04, 0.5, 0.06])
+    assert holm([0.3, 0.9]) == pytest.approx([0.6, 0.9])
+    assert holm([]) == []
+    with pytest.raises(ValueError, match="p_values: expected a 1-D sequence of numbers in \\[0, 1\\]"):
+        holm([0.1, 1.2])
+
+
+def test_stratified_exact_test_is_fishers_test_on_one_stratum_and_exact_on_several() -> None:
+    from itertools import combinations
+
+    from scipy.stats import fisher_exact
+    from sgpo.evaluation.statistics import stratified_exact_test
+
+    # one stratum: 7 of 10 flagged are bad, 20 bad of 50
+    p = stratified_exact_test([(7, 10, 20, 50)])
+    assert p == pytest.approx(fisher_exact([[7, 3], [13, 27]], alternative="greater")[1])
+    # two small strata, by enumerating every flagged set
+    strata = [(2, 2, 2, 5), (1, 2, 1, 4)]
+    totals = []
+    for a in combinations(range(5), 2):
+        for b in combinations(range(4), 2):
+            totals.append(sum(i < 2 for i in a) + sum(i < 1 for i in b))
+    assert stratified_exact_test(strata) == pytest.approx(np.mean(np.array(totals) >= 3))
+    # a stratum without flagged items adds nothing
+    assert stratified_exact_test([*strata, (0, 0, 3, 9)]) == pytest.approx(stratified_exact_test(strata))
+    with pytest.raises(ValueError, match="strata: expected \\(bad_flagged, flagged, bad, total\\).*\\(5, 3, 4, 9\\)"):
+        stratified_exact_test([(5, 3, 4, 9)])
+    with pytest.raises(ValueError, match="strata: expected at least one"):
+        stratified_exact_test([])
