@@ -57,6 +57,8 @@ def moved_mass(weights: Any, shifts: Any) -> np.ndarray:
     return (w * (np.abs(d) > 1e-12)).sum(axis=1)
 
 
+# max_shift's name for the paper's code's cap, |q_ik| <= epsilon
+EPSILON_CAP = "epsilon"
 # a pair is attacked when the worst case moves more than this share of its mass
 ATTACKED = 1e-9
 
@@ -69,7 +71,7 @@ def worst_case(
     space: str = "probability",
     support: tuple[float, float] | None = None,
     group_size: int | None = None,
-    max_shift: float | None = None,
+    max_shift: float | str | None = None,
     backend: str = "auto",
 ) -> WorstCase:
     """Solve SSAPO's follower exactly (DESIGN 1.2) for each consecutive group of ``group_size`` margins.
@@ -77,8 +79,9 @@ def worst_case(
     ``space="probability"``: margins are sigmoid(gamma * h) in [0, 1], support [0, 1], pieces the tangents of
     -log x at k/K. ``space="margin"``: margins are beta * h, pieces the tangents of -log sigmoid at
     ``numpy.linspace(lo, hi, K)``; the default support is [min - 1, max + 1] of each group.
-    ``max_shift`` caps every |q_ik| (the paper's code uses max_shift = epsilon). Returns numpy for numpy input
-    and torch on the input's device for torch input.
+    ``max_shift`` caps every |q_ik|: ``None`` (the default) solves the program of Thm 3.3 as written, uncapped;
+    ``"epsilon"`` caps at ``epsilon``, as the paper's code does (and as ``SGPODPOConfig`` and the pipeline do by
+    default); a number caps there. Returns numpy for numpy input and torch on the input's device for torch input.
     """
     x, kind = _as_margins(margins)
     eps = _nonnegative("epsilon", epsilon)
@@ -90,6 +93,10 @@ def worst_case(
     n = x.shape[0]
     group_size = n if group_size is None else _positive_int("group_size", group_size)
     group_size = min(group_size, n)
+    if isinstance(max_shift, str):
+        if max_shift != EPSILON_CAP:
+            raise ValueError(f"max_shift: expected None, {EPSILON_CAP!r} or a number >= 0, got {max_shift!r}")
+        max_shift = eps
     shift_cap = math.inf if max_shift is None else _nonnegative("max_shift", max_shift, allow_inf=True)
     lo, hi = _check_support(x, space, support)
 

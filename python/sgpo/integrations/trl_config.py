@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from packaging.specifiers import SpecifierSet
 
+from sgpo.follower import EPSILON_CAP
 from sgpo.loss_args import BATCH_COUPLED, LOSS_TYPES, SMOOTHING, SPACES, check_label_smoothing, check_loss_options
 
 try:
@@ -96,8 +97,12 @@ class SGPODPOConfig(DPOConfig):
     ssapo_group_size: int | None = field(
         default=None, metadata={"help": "Solve the follower in consecutive groups of this many margins."}
     )
-    ssapo_max_shift: float | None = field(
-        default=None, metadata={"help": "Cap on each point's displacement (the paper's code uses epsilon)."}
+    ssapo_max_shift: float | str | None = field(
+        default=EPSILON_CAP,
+        metadata={
+            "help": "Cap on each point's displacement: 'epsilon' (the default, the paper's code's cap: "
+            "ssapo_epsilon), a number, or None for the uncapped program (from the command line: none)."
+        },
     )
     ssapo_backend: str = field(default="auto", metadata={"help": "Backend of sgpo.worst_case."})
     worst_case_weights_column: str = field(
@@ -184,5 +189,24 @@ class SGPODPOConfig(DPOConfig):
             raise ValueError(f"ssapo_epsilon: expected a finite number >= 0, got {self.ssapo_epsilon!r}")
         if self.ssapo_pieces < 1:
             raise ValueError(f"ssapo_pieces: expected an integer >= 1, got {self.ssapo_pieces!r}")
+        self.ssapo_max_shift = _max_shift(self.ssapo_max_shift)
         if self.ssapo_group_size is not None and self.ssapo_group_size < 1:
             raise ValueError(f"ssapo_group_size: expected None or an integer >= 1, got {self.ssapo_group_size!r}")
+
+
+def _max_shift(value: float | str | None) -> float | str | None:
+    """``ssapo_max_shift`` as :func:`sgpo.worst_case` takes it; TRL's command line hands every value over as text."""
+    if value is None or value == EPSILON_CAP:
+        return value
+    if isinstance(value, str) and value.lower() in ("none", "null"):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not number >= 0:
+        raise ValueError(
+            f"ssapo_max_shift: expected {EPSILON_CAP!r} (cap at ssapo_epsilon), a number >= 0, or None (uncapped), "
+            f"got {value!r}"
+        )
+    return number
