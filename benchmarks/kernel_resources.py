@@ -1,6 +1,7 @@
 """Registers, local memory and shared memory of every GPU kernel of sgpo, compiled for sm_80 and sm_90 without a GPU.
 
-Triton kernels: each case calls the real host function (``sgpo.kernels.logps``, ``sgpo.kernels.preference``) on meta
+Triton kernels: each case calls the real host function (``sgpo.kernels.logps``, ``sgpo.kernels.preference``,
+``sgpo.kernels.fused_logps``) on meta
 tensors of a real shape; the launch is intercepted, specialised by Triton's own argument binder (types, 16-byte
 divisibility, constexprs, num_warps) for the target, and compiled ahead of time to a cubin, whose resource usage
 ``cuobjdump`` (shipped with Triton) reads. What is compiled is therefore what the launch would compile on that GPU.
@@ -262,6 +263,58 @@ def _more_preference_cases() -> list[TritonCase]:
     return cases
 
 
+# The fused head's passes: every num_warps the device benchmark sweeps, over a (4,096 tokens x 8,192 columns) tile.
+FUSED_HEAD_WARPS = (4, 8)
+
+
+def _fused_head_cases(dtypes: tuple[str, ...]) -> list[TritonCase]:
+    """Both passes of ``sgpo.kernels.fused_logps`` in every constexpr branch: the forward with and without WPO's sum
+    of squares and the label check, the backward with and without a bias; every num_warps in bfloat16, the default
+    one in the other dtypes."""
+    import torch
+    from sgpo.kernels import fused_logps
+
+    rows, width, vocab = 4096, 8192, VOCABS["Llama-3"]
+    cases = []
+    for name in dtypes:
+        dtype = getattr(torch, name)
+        warps = FUSED_HEAD_WARPS if name == "bfloat16" else (8,)
+        for num_warps in warps:
+            for with_sum_sq in (False, True):
+                for check in (False, True):
+
+                    def fold(
+                        dtype: Any = dtype, w: int = num_warps, sq: bool = with_sum_sq, check: bool = check
+                    ) -> None:
+                        def vec() -> torch.Tensor:
+                            return torch.empty(rows, dtype=torch.float32, device="meta")
+
+                        tile = torch.empty(rows, width, dtype=dtype, device="meta")
+                        labels = torch.empty(rows, dtype=torch.int64, device="meta")
+                        flag = torch.empty(1, dtype=torch.int32, device="meta")
+                        fused_logps.fold_tile(
+                            tile, labels, 0, vocab, vec(), vec(), vec(), vec() if sq else None, flag, check, w
+                        )
+
+                    branch = (
+                        f"{'sum_sq' if with_sum_sq else 'plain'} {'check' if check else 'no-check'} warps={num_warps}"
+                    )
+                    cases.append(TritonCase("fused_fold", branch, name, None, fold))
+            for with_bias in (False, True):
+
+                def grad(dtype: Any = dtype, w: int = num_warps, with_bias: bool = with_bias) -> None:
+                    def vec(n: int = rows) -> torch.Tensor:
+                        return torch.empty(n, dtype=torch.float32, device="meta")
+
+                    tile = torch.empty(rows, width, dtype=dtype, device="meta")
+                    labels = torch.empty(rows, dtype=torch.int64, device="meta")
+                    fused_logps.grad_tile(tile, labels, 0, vec(), vec(), vec(vocab) if with_bias else None, w)
+
+                branch = f"{'bias' if with_bias else 'no-bias'} warps={num_warps}"
+                cases.append(TritonCase("fused_grad", branch, name, None, grad))
+    return cases
+
+
 def triton_cases(full: bool = True) -> list[TritonCase]:
     """Every kernel x constexpr branch x input dtype x real vocabulary; ``full=False`` keeps every kernel and branch
     but only bfloat16 inputs, the dtype training runs in."""
@@ -273,6 +326,7 @@ def triton_cases(full: bool = True) -> list[TritonCase]:
         *_logps_cases(shapes, dtypes),
         *_logps_cases(long_context, dtypes),
         *_preference_cases(dtypes, PIECES),
+        *_fused_head_cases(dtypes),
     ]
 
 

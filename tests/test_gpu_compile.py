@@ -33,7 +33,7 @@ kr = _load()
 TRITON_MISSING = kr.triton_toolchain_missing()
 needs_triton = pytest.mark.skipif(TRITON_MISSING is not None, reason=TRITON_MISSING or "")
 needs_nvcc = pytest.mark.skipif(kr.nvcc_path() is None, reason="nvcc not found ($CUDACXX, PATH, /usr/local/cuda)")
-KERNELS = ("token_logps_fwd", "token_logps_bwd", "preference")
+KERNELS = ("token_logps_fwd", "token_logps_bwd", "preference", "fused_fold", "fused_grad")
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +62,18 @@ def test_the_matrix_covers_every_branch_dtype_and_vocabulary() -> None:
     for loss_type in kr.LOSS_TYPES:
         assert any(b.split()[0] == loss_type for b in branches), loss_type
     assert {"ipo lengths", "ipo weights lengths", "ssapo margin K=6 weights", "ssapo probability K=16"} <= branches
+    fused = {(c.kernel, c.branch) for c in cases if c.kernel.startswith("fused_")}
+    for warps in kr.FUSED_HEAD_WARPS:
+        for sum_sq in ("plain", "sum_sq"):
+            for check in ("check", "no-check"):
+                assert ("fused_fold", f"{sum_sq} {check} warps={warps}") in fused
+        for bias in ("bias", "no-bias"):
+            assert ("fused_grad", f"{bias} warps={warps}") in fused
 
 
 @needs_triton
 def test_launches_use_the_dispatch_block_sizes_and_the_runtime_specialisation() -> None:
+    from sgpo.kernels.fused_logps import fold_block_v, grad_blocks
     from sgpo.kernels.logps import launch_block_v
     from sgpo.kernels.preference import launch_blocks
 
@@ -73,7 +81,21 @@ def test_launches_use_the_dispatch_block_sizes_and_the_runtime_specialisation() 
         (call,) = kr.capture(case)
         spec = kr.specialise(call, 90)
         consts = {spec.fn.arg_names[k[0]]: v for k, v in spec.constexprs.items()}
-        if case.vocab is not None:
+        if case.kernel.startswith("fused_"):
+            warps = int(re.search(r"warps=(\d+)", case.branch).group(1))
+            assert spec.options.num_warps == warps, case.id
+            if case.kernel == "fused_fold":
+                assert consts["BLOCK_V"] == fold_block_v(8192), case.id
+                assert (consts["WITH_SUM_SQ"], consts["CHECK_LABELS"]) == (
+                    "sum_sq" in case.branch,
+                    "no-check" not in case.branch,
+                ), case.id
+            else:
+                assert (consts["BLOCK_M"], consts["BLOCK_N"]) == grad_blocks(warps), case.id
+                assert consts["HAS_BIAS"] == ("no-bias" not in case.branch), case.id
+            pointer = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16"}[case.dtype]
+            assert spec.signature["tile_ptr"] == pointer, case.id
+        elif case.vocab is not None:
             assert consts["BLOCK_V"] == launch_block_v(case.vocab), case.id
             pointer = {"float32": "*fp32", "bfloat16": "*bf16", "float16": "*fp16"}[case.dtype]
             assert spec.signature["logits_ptr"] == pointer, case.id
