@@ -52,7 +52,7 @@ def test_a_mapping_override_replaces_the_recipes_mapping() -> None:
     assert load_config("tiny", ["evaluate.judge.options.temperature=0.2"]).evaluate.judge.name == "verifiable"
     # a section given whole keeps nothing of the recipe's section
     follower = load_config("hidden", ["follower={epsilon: 0.05}"]).follower
-    assert follower.epsilon == 0.05 and follower.max_shift is None
+    assert follower.epsilon == 0.05 and follower.max_shift == 0.05  # the default cap follows epsilon
 
 
 def test_unknown_keys_list_the_valid_ones() -> None:

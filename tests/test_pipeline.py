@@ -89,7 +89,7 @@ def test_worst_case_is_the_followers_answer_on_the_annotated_margins(ssapo_run: 
         saved = load_file(str(d / "worst_case.safetensors"))
         # probability space: xi = sigmoid(gamma * h) (DESIGN 1.2)
         np.testing.assert_allclose(saved["xi"], 1 / (1 + np.exp(-cfg.follower.gamma * margins)), rtol=1e-12)
-        expected = sgpo.worst_case(saved["xi"], cfg.follower.epsilon, pieces=cfg.follower.pieces)
+        expected = sgpo.worst_case(saved["xi"], cfg.follower.epsilon, pieces=cfg.follower.pieces, max_shift="epsilon")
         np.testing.assert_allclose(saved["weights"], expected.weights, atol=1e-12)
         np.testing.assert_allclose(saved["shifts"], expected.shifts, atol=1e-12)
         np.testing.assert_allclose(saved["weights"].sum(1), 1.0, atol=1e-9)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from sgpo.follower import EPSILON_CAP
 from sgpo.loss_args import BATCH_COUPLED, LENGTH_NORMALISED
 from sgpo.pipeline.typed import Replace, build, merge
 from sgpo.reference import LOSS_TYPES, SPACES
@@ -27,6 +29,8 @@ SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 MIXED_PRECISION = ("auto", "no", "bf16", "fp16")
 # the pipeline solves on a host array of margins: "auto" is the exact C++ solver there ("cuda" needs device input)
 FOLLOWER_BACKENDS = ("auto", "cpu", "torch", "paper")
+EVAL_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_MAX_SHIFT = f"{EPSILON_CAP!r} (the cap follows follower.epsilon), a number >= 0, or null (uncapped)"
 
 
 @dataclass
@@ -69,6 +73,17 @@ class DataConfig:
 
 
 @dataclass
+class VllmConfig:
+    """How vLLM runs when ``generation.backend`` picks it (the policy is exported to a merged copy first)."""
+
+    # the share of each GPU's memory vLLM may take: the training processes keep the policy on the same GPUs
+    gpu_memory_utilization: float = 0.5
+    tensor_parallel_size: int = 1
+    # the longest prompt + response vLLM plans for (null = the model's own context length)
+    max_model_len: int | None = None
+
+
+@dataclass
 class GenerationConfig:
     num_samples: int = 2
     max_new_tokens: int = 300
@@ -77,6 +92,7 @@ class GenerationConfig:
     batch_size: int = 8
     # "auto" uses vLLM when it is installed and a GPU is present, else transformers' generate
     backend: str = "auto"
+    vllm: VllmConfig = field(default_factory=VllmConfig)
 
 
 @dataclass
@@ -98,7 +114,9 @@ class FollowerConfig:
     # probability space: xi = sigmoid(gamma * h) (the paper's code uses gamma = 0.1); margin space: xi = beta * h
     gamma: float = 0.1
     group_size: int | None = None
-    max_shift: float | None = None
+    # cap on each point's displacement: "epsilon" (the paper's code: follows follower.epsilon, also when epsilon is
+    # overridden), a number, or null (uncapped: Thm 3.3's program as written); validate() resolves it to a number
+    max_shift: float | str | None = EPSILON_CAP
     # sgpo.worst_case's backend: "auto"/"cpu" (the exact C++ solver), "torch" (its pure-PyTorch reference), or
     # "paper" (the SSAPO paper's inexact SLSQP follower, probability space only; for comparison)
     backend: str = "auto"
@@ -156,9 +174,16 @@ class RefinementConfig:
 class EvaluateConfig:
     # prompts whose responses the judge scores after every round (null = no evaluation)
     prompts: str | None = None
+    # the split of a hub dataset or saved DatasetDict in evaluate.prompts (a file has one)
+    split: str = "train"
     num_prompts: int = 32
     judge: JudgeConfig = field(default_factory=lambda: JudgeConfig(name="verifiable"))
     max_new_tokens: int | None = None
+    # prompts answered per generate call (null = generation.batch_size)
+    batch_size: int | None = None
+    # the precision the answers are generated in, on the device the policy trains on: "auto" = bfloat16 on a GPU
+    # that supports it, else float32 (the policy's own weights keep model.dtype)
+    dtype: str = "auto"
 
 
 @dataclass
@@ -252,6 +277,19 @@ class RunConfig:
         _check("generation.top_p", g.top_p, 0 < g.top_p <= 1, "a number in (0, 1]")
         _check("generation.batch_size", g.batch_size, g.batch_size >= 1, "an integer >= 1")
         _choice("generation.backend", g.backend, ("auto", "transformers", "vllm"))
+        v = g.vllm
+        share = v.gpu_memory_utilization
+        _check("generation.vllm.gpu_memory_utilization", share, 0 < share <= 1, "a share of GPU memory in (0, 1]")
+        tp = v.tensor_parallel_size
+        _check("generation.vllm.tensor_parallel_size", tp, tp >= 1, "an integer >= 1 (GPUs per vLLM engine)")
+        if v.max_model_len is not None:
+            need = d.max_prompt_length + g.max_new_tokens
+            _check(
+                "generation.vllm.max_model_len",
+                v.max_model_len,
+                v.max_model_len >= need,
+                f"null or at least data.max_prompt_length + generation.max_new_tokens = {need}",
+            )
         f = self.follower
         _check("follower.epsilon", f.epsilon, f.epsilon >= 0 and math.isfinite(f.epsilon), "a finite number >= 0")
         _check("follower.pieces", f.pieces, f.pieces >= 1, "an integer >= 1")
@@ -261,6 +299,11 @@ class RunConfig:
         if f.backend == "paper" and f.space != "probability":
             raise ValueError("follower.backend: 'paper' exists only for follower.space=probability")
         _choice("follower.apply", f.apply, FOLLOWER_APPLY)
+        if isinstance(f.max_shift, str):
+            _check("follower.max_shift", f.max_shift, f.max_shift == EPSILON_CAP, _MAX_SHIFT)
+            f.max_shift = f.epsilon
+        elif f.max_shift is not None:
+            _check("follower.max_shift", f.max_shift, f.max_shift >= 0, _MAX_SHIFT)
         if f.apply != "worst_case" and self.method != "ssapo":
             raise ValueError(f"follower.apply: {f.apply!r} weights an ssapo run's rounds; method is {self.method!r}")
         t = self.train
@@ -301,6 +344,10 @@ class RunConfig:
                 value = getattr(r, name)
                 if value is not None:
                     _check(f"round0.{name}", value, value > 0 and math.isfinite(value), "a finite number > 0")
+        e = self.evaluate
+        if e.batch_size is not None:
+            _check("evaluate.batch_size", e.batch_size, e.batch_size >= 1, "an integer >= 1 or null")
+        _choice("evaluate.dtype", e.dtype, EVAL_DTYPES)
         s = self.refinement
         _check("refinement.alpha", s.alpha, 0 <= s.alpha <= 0.5, "a number in [0, 0.5]")
         _check("refinement.quantile", s.quantile, 0 <= s.quantile <= 1, "a number in [0, 1]")
@@ -309,6 +356,18 @@ class RunConfig:
                 f"refinement.enabled: SPA refinement applies to self-annotated rounds; method is {self.method!r}"
             )
         return self
+
+    def follower_note(self) -> str | None:
+        """A line saying so when an SSAPO run's follower does not cap at epsilon as the paper's code does."""
+        f = self.follower
+        if self.method != "ssapo" or f.max_shift == f.epsilon:
+            return None
+        if f.max_shift is None:
+            return f"follower.max_shift is null: the follower is uncapped (the paper's code caps at {f.epsilon:g})"
+        return (
+            f"follower.max_shift {f.max_shift:g} differs from follower.epsilon {f.epsilon:g} (the paper's code caps at "
+            f"epsilon; follower.max_shift=epsilon follows it)"
+        )
 
 
 def _check(key: str, value: Any, ok: bool, expected: str) -> None:
@@ -373,7 +432,12 @@ def load_config(name_or_path: str | Path, overrides: list[str] | tuple[str, ...]
         for key in reversed(keys[:-1]):
             nested = {key: nested}
         values = merge(values, nested)
-    return config_from_dict(values)
+    cfg = config_from_dict(values)
+    note = cfg.follower_note()
+    # one line per run, not one per process of a launch
+    if note is not None and os.environ.get("RANK", "0") == "0":
+        print(f"[sgpo] {note}", flush=True)
+    return cfg
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
