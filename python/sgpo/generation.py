@@ -192,8 +192,15 @@ def generate_responses_vllm(
     prompt_indices: Sequence[int] | None = None,
     system_prompt: str | None = None,
     gpu_memory_utilization: float = 0.5,
+    tensor_parallel_size: int = 1,
+    max_model_len: int | None = None,
 ) -> list[list[str]]:
-    """The vLLM counterpart of :func:`generate_responses` for a saved model directory (each prompt seeded alike)."""
+    """The vLLM counterpart of :func:`generate_responses` for a saved model directory.
+
+    Prompt ``i``'s samples draw from one vLLM seed, :func:`row_seed` ``(seed, prompt_indices[i], 0)``, so a prompt's
+    samples do not depend on the other prompts (they differ from transformers' samples for the same seed).
+    ``gpu_memory_utilization``, ``tensor_parallel_size`` and ``max_model_len`` are vLLM's ``LLM`` arguments.
+    """
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
@@ -202,7 +209,13 @@ def generate_responses_vllm(
         prompt_indices = range(len(prompts))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     texts = [format_prompt(tokenizer, p, system_prompt) for p in prompts]
-    llm = LLM(model=model_path, seed=seed, gpu_memory_utilization=gpu_memory_utilization)
+    llm = LLM(
+        model=model_path,
+        seed=seed,
+        gpu_memory_utilization=gpu_memory_utilization,
+        tensor_parallel_size=tensor_parallel_size,
+        max_model_len=max_model_len,
+    )
     params = [
         SamplingParams(
             n=num_samples,

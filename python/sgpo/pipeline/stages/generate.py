@@ -9,8 +9,9 @@ Reads the round's prompts from the run's data (``data.prompts``) and the policy 
     generations.jsonl      {"prompt", "responses"} per prompt: the stage's output, shared through cache_dir
 
 Sample ``j`` of prompt ``i`` draws from its own seed (``seed * 1000 + t``, ``i``, ``j``), so the chunks and the number
-of processes do not change what is sampled. With vLLM (``generation.backend``) the main process samples from a merged
-copy of the policy (``round_<t>/vllm_model/``, removed afterwards) while the others wait.
+of processes do not change what is sampled. With vLLM (``generation.backend``, options ``generation.vllm``) the main
+process samples from a merged copy of the policy (``round_<t>/vllm_model/``, removed afterwards) while the others
+wait; the copy is written from a fresh state dict, so the live policy keeps its adapter and its weights bit for bit.
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def generate(ctx: RunContext, t: int, model: Any, prompts: list[Any]) -> list[li
     path = round_dir / "generations.jsonl"
     seed = ctx.cfg.seed * 1000 + t
     vllm = use_vllm(ctx)
-    inputs = {"prompts": prompts, "generation": asdict(g), "seed": seed, "vllm": vllm}
+    # vLLM's memory share, parallelism and length limit do not change what is sampled: they stay out of the cache key
+    settings = {k: v for k, v in asdict(g).items() if k != "vllm"}
+    inputs = {"prompts": prompts, "generation": settings, "seed": seed, "vllm": vllm}
     parts = round_dir / "generate_parts"
     with ctx.stage([path], parts=parts, shared_as="generate", t=t, inputs=lambda: inputs) as done:
         if done:
@@ -94,6 +97,7 @@ def _sample(ctx: RunContext, t: int, model: Any, prompts: list[Any], seed: int) 
 
 def _sample_vllm(ctx: RunContext, t: int, model: Any, prompts: list[Any], seed: int) -> list[list[str]]:
     """vLLM samples on the main process from a merged copy of the policy; the others wait."""
+    from sgpo.export import save_merged
     from sgpo.generation import generate_responses_vllm
     from sgpo.pipeline.context import remove
 
@@ -101,11 +105,8 @@ def _sample_vllm(ctx: RunContext, t: int, model: Any, prompts: list[Any], seed: 
     merged = ctx.round_dir(t) / "vllm_model"
     responses: list[list[str]] = []
     if ctx.main:
-        unwrapped = ctx.accelerator.unwrap_model(model)
         with files.atomic_dir(merged) as staging:
-            export = unwrapped.merge_and_unload() if ctx.cfg.model.lora else unwrapped
-            export.save_pretrained(staging, safe_serialization=True)
-            ctx.tokenizer.save_pretrained(staging)
+            save_merged(ctx.accelerator.unwrap_model(model), ctx.tokenizer, staging)
         responses = generate_responses_vllm(
             str(merged),
             prompts,
@@ -115,6 +116,9 @@ def _sample_vllm(ctx: RunContext, t: int, model: Any, prompts: list[Any], seed: 
             top_p=g.top_p,
             seed=seed,
             system_prompt=ctx.cfg.model.system_prompt,
+            gpu_memory_utilization=g.vllm.gpu_memory_utilization,
+            tensor_parallel_size=g.vllm.tensor_parallel_size,
+            max_model_len=g.vllm.max_model_len,
         )
         remove(merged)
     ctx.barrier()
