@@ -41,7 +41,11 @@ def load_eval_prompts(source: str, limit: int) -> list[object]:
 
 
 def annotator_agreement(
-    candidates: Sequence[str], baseline: str, pairs: Sequence[dict], cache_dir: Path | None
+    candidates: Sequence[str],
+    baseline: str,
+    pairs: Sequence[dict],
+    cache_dir: Path | None,
+    settings: EvalSettings | None = None,
 ) -> list[dict[str, dict]]:
     """Each candidate as a self-annotator: the agreement with gold ``pairs`` of its implicit reward against
     ``baseline`` (the reference), for every variant of :class:`sgpo.pipeline.judges.ImplicitRewardJudge`, without
@@ -51,13 +55,13 @@ def annotator_agreement(
 
     prompts = [p["prompt"] for p in pairs] * 2
     responses = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    (reference,) = cached_logps(baseline, [(prompts, responses)], cache_dir)
+    (reference,) = cached_logps(baseline, [(prompts, responses)], cache_dir, settings)
     lengths = response_lengths(baseline, prompts, responses).reshape(2, -1)
     # the on-task gate (judge.options.gate) reads the text alone: the same flags for every candidate
     flags = np.array([on_task(p, r) for p, r in zip(prompts, responses, strict=True)]).reshape(2, -1)
     out = []
     for model in candidates:
-        (own,) = cached_logps(model, [(prompts, responses)], cache_dir)
+        (own,) = cached_logps(model, [(prompts, responses)], cache_dir, settings)
         out.append(implicit_reward_agreement(own.reshape(2, -1), reference.reshape(2, -1), lengths, flags))
     return out
 
@@ -128,7 +132,8 @@ def evaluate_models(
     sampled = [sample_model(model, prompts, settings, cache_dir, logps=kl) for _, model in candidates]
     own = [s[1] for s in sampled] if kl else [None] * len(sampled)
     responses = [s[0] if kl else s for s in sampled]
-    base = cached_logps(baseline, [(prompts, r) for r in responses], cache_dir) if kl else [None] * len(sampled)
+    pairs = [(prompts, r) for r in responses]
+    base = cached_logps(baseline, pairs, cache_dir, settings) if kl else [None] * len(sampled)
     results = [
         judge_responses(
             label,
@@ -142,7 +147,7 @@ def evaluate_models(
         for (label, model), r, o, b in zip(candidates, responses, own, base, strict=True)
     ]
     if agreement_pairs:
-        found = annotator_agreement([m for _, m in candidates], baseline, agreement_pairs, cache_dir)
+        found = annotator_agreement([m for _, m in candidates], baseline, agreement_pairs, cache_dir, settings)
         for result, value in zip(results, found, strict=True):
             result.agreement = value
     write_report(
@@ -177,6 +182,8 @@ def _run(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
         batch_size=args.batch_size,
+        device=args.device,
+        dtype=args.dtype,
     ).validate()
     options = json_options(args.judge_options)
     if args.judge is not None:
@@ -257,7 +264,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--temperature", type=float, default=EvalSettings.temperature)
     parser.add_argument("--seed", type=int, default=EvalSettings.seed)
-    parser.add_argument("--batch-size", type=int, default=EvalSettings.batch_size)
+    parser.add_argument(
+        "--batch-size", type=int, default=EvalSettings.batch_size, help="prompts per batched generate call"
+    )
+    parser.add_argument(
+        "--device", default=EvalSettings.device, help="auto (cuda when a GPU is present, else cpu) | cpu | cuda[:N]"
+    )
+    parser.add_argument(
+        "--dtype",
+        default=EvalSettings.dtype,
+        help="auto (bfloat16 on a GPU, float32 on the CPU) | float32 | bfloat16 | float16",
+    )
     parser.add_argument("--output", default=None, help="default: RUN_DIR/eval, or eval/<model name> for a model")
     parser.add_argument(
         "--cache-dir",

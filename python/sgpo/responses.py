@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,9 @@ class EvalSettings:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 16
+    # where models answer and in what precision: "auto" = cuda in bfloat16 when a GPU is present, else cpu in float32
+    device: str = "auto"
+    dtype: str = "auto"
 
     @classmethod
     def for_prompts(cls, prompts: str, **given: object) -> EvalSettings:
@@ -40,13 +43,19 @@ class EvalSettings:
         return cls(prompts=prompts, **{**defaults, **values})
 
     def validate(self) -> EvalSettings:
+        """The settings checked, with ``auto`` device and dtype resolved for this machine."""
+        from sgpo.devices import resolve_placement
+
         if self.num_prompts < 1:
             raise ValueError(f"num_prompts: expected an integer >= 1, got {self.num_prompts!r}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens: expected an integer >= 1, got {self.max_new_tokens!r}")
         if not self.temperature >= 0:
             raise ValueError(f"temperature: expected a number >= 0, got {self.temperature!r}")
-        return self
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: expected an integer >= 1, got {self.batch_size!r}")
+        device, dtype = resolve_placement(self.device, self.dtype)
+        return replace(self, device=device, dtype=dtype)
 
 
 def _fingerprint(model: str, prompts: Sequence[str], settings: EvalSettings) -> str:
@@ -58,7 +67,10 @@ def _fingerprint(model: str, prompts: Sequence[str], settings: EvalSettings) -> 
     digest = hashlib.sha256()
     resolved = Path(resolve_model(model))
     digest.update((fingerprint(resolved) if resolved.exists() else str(resolved)).encode())
-    digest.update(json.dumps(asdict(settings), sort_keys=True).encode())
+    # the device changes an answer by float rounding only; float32 is left out so caches made before the dtype option
+    # stay valid, while any other precision samples (and is keyed) apart
+    keyed = {k: v for k, v in asdict(settings).items() if k != "device" and (k != "dtype" or v != "float32")}
+    digest.update(json.dumps(keyed, sort_keys=True).encode())
     digest.update("\n".join(prompts).encode())
     return digest.hexdigest()[:16]
 
@@ -71,7 +83,8 @@ def response_logps(model: object, tokenizer: object, prompts: Sequence[object], 
 
     rows = [encode(tokenizer, p, r, system_prompt=None, max_length=1 << 30) for p, r in zip(prompts, responses)]
     with torch.no_grad():
-        return score_rows(SequenceScorer(model), rows, pad_id=tokenizer.pad_token_id, batch_size=16, device="cpu")
+        device = next(model.parameters()).device
+        return score_rows(SequenceScorer(model), rows, pad_id=tokenizer.pad_token_id, batch_size=16, device=device)
 
 
 def _cache_file(cache_dir: Path | None, name: str) -> Path | None:
@@ -95,6 +108,7 @@ def sample_model(
 
     With ``logps`` it also returns each response's log-prob under ``model`` (cached with the responses).
     """
+    settings = settings.validate()
     cache = _cache_file(cache_dir, _fingerprint(model, [json.dumps(p) for p in prompts], settings))
     cached = json.loads(cache.read_text()) if cache is not None and cache.is_file() else None
     if cached is not None and (not logps or "logps" in cached):
@@ -102,7 +116,7 @@ def sample_model(
     from sgpo.models import load_model, load_tokenizer
 
     tokenizer = load_tokenizer(model)
-    policy = load_model(model, dtype="float32")
+    policy = load_model(model, dtype=settings.dtype, device=settings.device)
     if cached is not None:
         responses = cached["responses"]
     else:
@@ -134,14 +148,22 @@ def _sample(policy: object, tokenizer: object, prompts: Sequence[object], settin
 
 
 def cached_logps(
-    model: str, items: Sequence[tuple[Sequence[object], Sequence[str]]], cache_dir: Path | None
+    model: str,
+    items: Sequence[tuple[Sequence[object], Sequence[str]]],
+    cache_dir: Path | None,
+    settings: EvalSettings | None = None,
 ) -> list[np.ndarray]:
-    """Log-probs under ``model`` of each item's (prompts, responses), cached; the model is loaded once, if at all."""
+    """Log-probs under ``model`` of each item's (prompts, responses), cached; the model is loaded once, if at all.
+
+    They are computed on ``settings``' device in its dtype (default: the CPU in float32)."""
+    placement = replace(EvalSettings(), device="cpu", dtype="float32")
+    if settings is not None:
+        placement = replace(placement, device=settings.device, dtype=settings.dtype)
     out: list[np.ndarray | None] = []
     missing = []
     for i, (prompts, responses) in enumerate(items):
         digest = hashlib.sha256(json.dumps([list(map(json.dumps, prompts)), list(responses)]).encode())
-        cache = _cache_file(cache_dir, f"logps_{_fingerprint(model, [], EvalSettings())}_{digest.hexdigest()[:16]}")
+        cache = _cache_file(cache_dir, f"logps_{_fingerprint(model, [], placement)}_{digest.hexdigest()[:16]}")
         if cache is not None and cache.is_file():
             out.append(np.asarray(json.loads(cache.read_text())["logps"]))
         else:
@@ -150,7 +172,8 @@ def cached_logps(
     if missing:
         from sgpo.models import load_model, load_tokenizer
 
-        tokenizer, policy = load_tokenizer(model), load_model(model, dtype="float32")
+        tokenizer = load_tokenizer(model)
+        policy = load_model(model, dtype=placement.dtype, device=placement.device)
         for i, cache in missing:
             values = response_logps(policy, tokenizer, *items[i])
             _write_cache(cache, {"model": str(model), "logps": values.tolist()})

@@ -1,7 +1,8 @@
 """Evaluate: the gold judge (``evaluate.judge``) compares round ``t``'s policy with the starting model.
 
-Both answer the held-out prompts of ``evaluate.prompts`` (a generated track, or a prompt file) greedily. Reads the
-checkpoint round ``t`` saved. Writes:
+Both answer the held-out prompts of ``evaluate.prompts`` (a generated track, or a prompt file) greedily, with batched
+``generate`` (``evaluate.batch_size`` prompts a call) on the device the policy trains on, under autocast to
+``evaluate.dtype`` (``auto``: bfloat16 on a GPU, float32 on the CPU). Reads the checkpoint round ``t`` saved. Writes:
 
     output_dir/eval_baseline.jsonl        the starting model's answers {"prompt", "response"}, once per run
     output_dir/round_<t>/eval_responses.jsonl   the round's policy's answers
@@ -32,7 +33,7 @@ def held_out_prompts(ctx: RunContext) -> list[Any]:
     if cfg.prompts in TRACKS:
         # a generated track's held-out split (the hidden track's open prompts, or verifiable instructions)
         return load_prompts(cfg.prompts, cfg.num_prompts, split="test", option="evaluate.prompts")
-    return prompts_from_table(load_table(cfg.prompts), ctx.cfg.data, cfg.prompts)[: cfg.num_prompts]
+    return prompts_from_table(load_table(cfg.prompts, split=cfg.split), ctx.cfg.data, cfg.prompts)[: cfg.num_prompts]
 
 
 def evaluate(ctx: RunContext, t: int, model: Any) -> dict[str, Any]:
@@ -71,28 +72,36 @@ def evaluate(ctx: RunContext, t: int, model: Any) -> dict[str, Any]:
 
 def answer(ctx: RunContext, path: Path, model: Any, prompts: list[Any]) -> list[str]:
     """``model``'s greedy answer to each prompt, written to ``path`` once (resumed chunk by chunk)."""
+    import torch
+
+    from sgpo.devices import resolve_dtype
     from sgpo.generation import generate_responses
 
-    g = ctx.cfg.generation
-    max_new_tokens = ctx.cfg.evaluate.max_new_tokens or g.max_new_tokens
+    g, cfg = ctx.cfg.generation, ctx.cfg.evaluate
+    max_new_tokens = cfg.max_new_tokens or g.max_new_tokens
+    batch_size = cfg.batch_size or g.batch_size
+    device = ctx.accelerator.device
+    dtype = resolve_dtype(cfg.dtype, device.type, option="evaluate.dtype")
     parts = path.parent / f"{path.stem}_parts"
     with ctx.stage([path], parts=parts) as done:
         if not done:
 
             def compute(lo: int, hi: int) -> list[str]:
-                out = generate_responses(
-                    model,
-                    ctx.tokenizer,
-                    prompts[lo:hi],
-                    prompt_indices=list(range(lo, hi)),
-                    max_new_tokens=max_new_tokens,
-                    temperature=0.0,
-                    batch_size=g.batch_size,
-                    system_prompt=ctx.cfg.model.system_prompt,
-                )
+                precision = torch.autocast(device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32")
+                with precision:
+                    out = generate_responses(
+                        model,
+                        ctx.tokenizer,
+                        prompts[lo:hi],
+                        prompt_indices=list(range(lo, hi)),
+                        max_new_tokens=max_new_tokens,
+                        temperature=0.0,
+                        batch_size=batch_size,
+                        system_prompt=ctx.cfg.model.system_prompt,
+                    )
                 return [r[0] for r in out]
 
-            responses = ctx.chunked(parts, len(prompts), max(1, g.batch_size), compute, f"evaluate {path.stem}")
+            responses = ctx.chunked(parts, len(prompts), batch_size, compute, f"evaluate {path.stem}")
             if ctx.main:
                 files.write_jsonl(path, [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)])
     return [r["response"] for r in files.read_jsonl(path)]
