@@ -11,8 +11,10 @@ from collections.abc import Sequence
 # imported only to build their parser, and heavy imports (transformers, ...) stay inside the ``func`` bodies.
 _COMMANDS: dict[str, str] = {
     "info": "sgpo.info:add_parser",
+    "config-path": "sgpo.configs_cli:add_parser",
     "demo": "sgpo.demo:add_parser",
     "eval": "sgpo.eval_cli:add_parser",
+    "export": "sgpo.export:add_parser",
     "label": "sgpo.labeling:add_parser",
     "run": "sgpo.pipeline.runner:add_parser",
     "solve": "sgpo.solve_cli:add_parser",
