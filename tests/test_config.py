@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 from sgpo.cli import main
-from sgpo.pipeline.config import bundled_configs, config_from_dict, load_config, parse_override
+from sgpo.pipeline.config import config_from_dict
+from sgpo.pipeline.recipes import bundled_configs, load_config, parse_override
 
 
 def test_every_bundled_recipe_loads_and_validates() -> None:

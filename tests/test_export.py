@@ -69,7 +69,7 @@ def test_export_refuses_what_it_cannot_read(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_config_path_prints_the_packaged_configs(capsys: pytest.CaptureFixture) -> None:
-    from sgpo.pipeline.config import config_path
+    from sgpo.pipeline.recipes import config_path
 
     assert main(["config-path"]) == 0
     root = Path(capsys.readouterr().out.strip())

@@ -26,11 +26,11 @@ from experiments.store import Results
 def train_with_probes(args: argparse.Namespace, rubric: str, size: int, seed: int, path: Path) -> None:
     """One job: DPO on the seed, with the annotator's held-out agreement every ``args.every`` steps."""
     from sgpo.pipeline.annotator import implicit_reward_agreement
-    from sgpo.pipeline.config import load_config
     from sgpo.pipeline.context import RunContext
     from sgpo.pipeline.data import fit_prompts
     from sgpo.pipeline.files import read_jsonl, write_json
     from sgpo.pipeline.policy import load_policy, logps, response_lengths
+    from sgpo.pipeline.recipes import load_config
     from sgpo.pipeline.stages.update import update
 
     runs = Path(args.runs)

@@ -7,7 +7,8 @@ chunk-and-resume loop. The leader's loss and training loop live in :mod:`~sgpo.p
 registry in :mod:`~sgpo.pipeline.judges`, the config's sections in :mod:`~sgpo.pipeline.config`.
 """
 
-from sgpo.pipeline.config import RunConfig, bundled_configs, config_from_dict, load_config
+from sgpo.pipeline.config import RunConfig, config_from_dict
+from sgpo.pipeline.recipes import bundled_configs, load_config
 
 __all__ = ["RunConfig", "bundled_configs", "config_from_dict", "load_config", "run"]
 

@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from sgpo.pipeline import distributed, files
-from sgpo.pipeline.config import RunConfig, bundled_configs, load_config
+from sgpo.pipeline.config import RunConfig
 from sgpo.pipeline.context import RunContext
 from sgpo.pipeline.policy import load_policy
+from sgpo.pipeline.recipes import bundled_configs, load_config
 from sgpo.pipeline.stages import annotate, evaluate, generate, report, solve, update
 from sgpo.pipeline.tracking import round_scalars
 
