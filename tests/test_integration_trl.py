@@ -454,9 +454,10 @@ def train_in_two_processes(tmp_path: Path, model_dir: Path, options: dict) -> di
 @pytest.mark.slow
 def test_ssapo_batch_mode_gathers_margins_across_processes(tiny_model_dir: Path, tmp_path: Path) -> None:
     """Two DDP processes with 4 pairs each take the same steps as one process with all 8: one follower per step."""
-    options = one_full_batch_step(
-        tmp_path, loss_type="ssapo", ssapo_epsilon=0.05, max_steps=2, per_device_train_batch_size=4
-    )
+    # uncapped: under the default cap (max_shift = epsilon) every pair may move its whole budget, so the worst case
+    # shifts each margin alone and one solve per half batch would equal one per batch; uncapped it does not
+    ssapo = dict(loss_type="ssapo", ssapo_epsilon=0.05, ssapo_max_shift=None, max_steps=2)
+    options = one_full_batch_step(tmp_path, per_device_train_batch_size=4, **ssapo)
     keys = (
         "per_device_train_batch_size",
         "max_steps",
@@ -467,6 +468,7 @@ def test_ssapo_batch_mode_gathers_margins_across_processes(tiny_model_dir: Path,
         "beta",
         "loss_type",
         "ssapo_epsilon",
+        "ssapo_max_shift",
         "logging_steps",
         "report_to",
         "use_cpu",
@@ -479,13 +481,13 @@ def test_ssapo_batch_mode_gathers_margins_across_processes(tiny_model_dir: Path,
 
     single = train(
         SGPODPOTrainer,
-        one_full_batch_step(tmp_path, loss_type="ssapo", ssapo_epsilon=0.05, max_steps=2),
+        one_full_batch_step(tmp_path, **ssapo),
         tiny_model_dir,
         pairs(),
     )
     halves = train(
         SGPODPOTrainer,
-        one_full_batch_step(tmp_path, loss_type="ssapo", ssapo_epsilon=0.05, max_steps=2, ssapo_group_size=4),
+        one_full_batch_step(tmp_path, ssapo_group_size=4, **ssapo),
         tiny_model_dir,
         pairs(),
     )
