@@ -47,7 +47,11 @@ def assert_same_run(reference: Path, other: Path, *, atol: float) -> None:
         np.testing.assert_allclose(final[name], expected[name], atol=atol, err_msg=name)
     steps, expected_steps = read_jsonl(other / "metrics.jsonl"), read_jsonl(reference / "metrics.jsonl")
     assert len(steps) == len(expected_steps)
-    np.testing.assert_allclose([s["loss"] for s in steps], [s["loss"] for s in expected_steps], atol=max(atol, 1e-5))
+    # a logged loss is a weighted mean of ~1 whose float32 sums run in another order under another process layout
+    # (seen 6e-5 apart at 1.404 on a CI CPU while every weight agreed to 1e-5): compared relatively, to 1e-4
+    np.testing.assert_allclose(
+        [s["loss"] for s in steps], [s["loss"] for s in expected_steps], rtol=1e-4, atol=max(atol, 1e-5)
+    )
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
