@@ -178,6 +178,20 @@ def test_new_rows_losses_train_on_the_tiny_model(
         assert set(rounds) == {0}
 
 
+def test_a_donor_trained_again_keeps_the_tables_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    args = argparse.Namespace(
+        out=str(tmp_path), task="hidden:structure", rounds=2, prompts_per_round=32, max_new_tokens=None, seed_size=16
+    )
+    t = Table(args)
+    stored = {"win_rate": 60.0, "train_seconds": 400.0, "run_dir": str(tmp_path / "runs" / "dpo_seed_s1")}
+    t.store.data["dpo_seed_s1"] = stored
+    calls = []
+    monkeypatch.setattr(t.launcher, "call", lambda command, log: calls.append(command) or 1.0)
+    monkeypatch.setattr(t, "evaluate", lambda model, name: pytest.fail("a kept entry is not evaluated again"))
+    t.job(next(v for v in catalogue.variants("structure") if v.name == "dpo_seed"), 1, None)
+    assert len(calls) == 1 and t.store.data["dpo_seed_s1"] is stored
+
+
 def test_hidden_task_seed_flips_and_gold_from_the_rubric_pool(tmp_path: Path, monkeypatch) -> None:
     data = tmp_path / "data"
     data.mkdir()

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from experiments import pilot, render, sweep
+from experiments import follower_table, pilot, quoted, render, sweep
 from experiments.options import table_args
 from experiments.rows import variants
 from experiments.store import Results
@@ -33,7 +33,8 @@ CASES = {
         [
             # README's order: rows 10 and 8 drew seed_size.png, then the table of rows 1-7 and 11 was written
             [*HIDDEN, "--rows", "10", "8", "--seeds", "1", "--num-prompts", "256", "--table-only"],
-            [*HIDDEN, "--rows", "1", "2", "3", "4", "5", "6", "7", "11", "--seeds", "1", "2", "3", "--table-only"],
+            [*HIDDEN, "--rows", "1", "2", "3", "4", "5", "6", "7", "11", "--seeds", "1", "2", "3", "4", "5"]
+            + ["--table-only"],
         ],
         "table.md",
     ),
@@ -122,6 +123,26 @@ def test_table_only_rewrites_the_committed_table_byte_for_byte(
     assert (tmp_path / "bench_results" / case / rendered).read_bytes() == (RESULTS / case / rendered).read_bytes()
     # nothing trained: no run directory, log or evaluation appeared
     assert not (tmp_path / "runs").exists() and not list((tmp_path / "bench_results").glob("*/logs"))
+
+
+def test_every_quoted_figure_is_rewritten_from_the_results_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README's claims table and the generated blocks of the results and follower pages come from results.json: a
+    figure typed by hand, or results changed without --docs, fails here."""
+    committed_inputs(tmp_path, ["hidden_structure", "hidden_structure_flips"])
+    for name in quoted.DOCS:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(quoted.BLOCK.sub(lambda m: m[1] + m[4], (ROOT / name).read_text()))
+    monkeypatch.chdir(tmp_path)
+    table_only("paper_table", [*HIDDEN, "--rows", "1", "--seeds", "1", "--table-only", "--docs"])
+    for name in quoted.DOCS:
+        assert (tmp_path / name).read_bytes() == (ROOT / name).read_bytes(), name
+    # every page's blocks are there, and a block without a renderer is an error
+    text = "".join((ROOT / name).read_text() for name in quoted.DOCS)
+    assert {m["name"] for m in quoted.BLOCK.finditer(text)} == set(quoted.Quoted(None, None).blocks())
+    with pytest.raises(KeyError, match="page.md: generated block 'nope' has no renderer"):
+        quoted.rewrite("<!-- generated: nope -->\n<!-- end: nope -->", {}, "page.md")
 
 
 def test_the_verifiable_table_rewrites_every_cell_its_results_hold(
@@ -221,15 +242,26 @@ def test_the_follower_sweep_table_compares_each_setting_with_epsilon_0_and_the_s
             (tmp_path / "eval" / run / "eval.json").write_text(json.dumps({"results": [{"scores": scores.tolist()}]}))
             entry = {"run_dir": str(tmp_path / "runs" / run), "kl": 10.0 + seed, "mean_score": float(scores.mean())}
             if seed_attack:
-                entry["attack"] = [seed_attack, seed_attack]
+                entry["attack"] = [{**seed_attack, "round": 1}, {**seed_attack, "round": 2}]
             results.data[run] = entry
     chosen = [v for v in variants() if v.name in ("uncapped_probability_0.1", "soft_trim_0.1")]
-    lines = render.follower_sweep_table(results, chosen, [1, 2]).splitlines()
+    lines = follower_table.follower_sweep_table(results, chosen, [1, 2]).splitlines()
     assert len(lines) == 4
     # the control first, then the follower's settings
     trim, uncapped = lines[2].split(" | "), lines[3].split(" | ")
-    # paired against epsilon 0 on each seed: +0.06 and +0.07, pooled +0.065; against the soft trim +0.03
-    assert uncapped[1].startswith("+0.065 [") and "s1 +0.060 / s2 +0.070" in uncapped[1]
-    assert uncapped[2].startswith("+0.030 [")
-    assert uncapped[3:10] == ["11.50", "5.0", "10.0", "2.0", "4 / 9", "75 (24/32) / 50, p = 0.0035", "0.00 / 1.00"]
-    assert trim[2] == "-" and trim[9] == "0.50 / 1.00"
+    # against epsilon 0: +0.06 and +0.07 on every prompt, so no prompt variance: the t interval over two seed means
+    # (t_1 = 12.71, standard error 0.005), p = 0.049, and Holm doubles the smaller of the two settings' p-values
+    assert uncapped[1] == "+0.065 [+0.001, +0.129] (s1 +0.060 / s2 +0.070)"
+    assert trim[1] == "+0.035 [-0.029, +0.099] (s1 +0.030 / s2 +0.040)"
+    assert uncapped[2] == trim[2] == "0.098"
+    # the 90% interval [+0.033, +0.097] lies beyond the +-0.02 margin; the trim's [+0.003, +0.067] straddles it
+    assert (uncapped[3], trim[3]) == ("not equivalent", "inconclusive")
+    assert uncapped[4].startswith("+0.030 [") and trim[4] == "-"
+    assert uncapped[5:11] == ["11.50", "5.0", "10.0", "2.0", "4 / 9", "4 of 4"]
+    # 6 of 8 attacked pairs reversed in each of 4 rounds of 80 decided pairs with 40 reversed: exact within rounds
+    from sgpo.evaluation.statistics import stratified_exact_test
+
+    assert uncapped[11] == f"75 (24/32) / 50, p = {stratified_exact_test([(6, 8, 40, 80)] * 4):.2g}"
+    # each round alone: two strata, one per seed
+    assert uncapped[12] == uncapped[13] == f"75 (12/16) / 50, p = {stratified_exact_test([(6, 8, 40, 80)] * 2):.2g}"
+    assert uncapped[14:] == ["0.00 / 1.00", "2 |"] and trim[14] == "0.50 / 1.00"

@@ -66,6 +66,12 @@ def table_args(argv: list[str] | None = None, description: str = "") -> argparse
         "--table-only", action="store_true", help="print the table and plots of the results so far; run nothing"
     )
     parser.add_argument(
+        "--docs",
+        action="store_true",
+        help="with --table-only on the hidden track: rewrite the generated blocks of README.md, "
+        "docs/results-hidden.md and docs/follower.md (run from the repository root) from results.json",
+    )
+    parser.add_argument(
         "--train-settings",
         choices=("track", "hidden"),
         default="track",

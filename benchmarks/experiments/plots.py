@@ -23,7 +23,7 @@ def plot_frontier(
 
     Returns the points drawn, ``label: (KL, paired difference)`` per seed."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(8.0, 4.6))
     ax.scatter([0.0], [0.0], marker="*", s=140, color="black", label="initial model", zorder=3)
     points: dict[str, tuple[list[float], list[float]]] = {}
     names = list(dict.fromkeys(v.name for v in chosen))
@@ -41,9 +41,10 @@ def plot_frontier(
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xlabel("KL from the initial model (nats, on the model's own samples)")
     ax.set_ylabel(f"mean {judge} score - initial model's")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=6.5)
+    # the legend below the axes, so the long labels never squeeze the plot
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7, ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return points
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from experiments import versus
 from experiments.rows import INITIAL, SAME_RUN, Variant
 from experiments.store import Results, label_agreement
 
@@ -34,23 +35,17 @@ def interval(d: dict[str, float], spec: str = "+.3f", scale: float = 1.0) -> str
     return f"{mean} [{low}, {high}]"
 
 
-def hidden_row(found: list[dict[str, Any]]) -> list[str]:
-    """Cells of one hidden-track row: score, paired difference with its interval, win rate, KL, annotator numbers."""
-    diffs = [r["paired"]["difference"] for r in found]
+def hidden_row(results: Results, name: str, found: list[dict[str, Any]], seeds: list[int]) -> list[str]:
+    """Cells of one hidden-track row: score, paired difference vs the initial model (over seeds and prompts, or the
+    one seed's prompts), win rate, KL, annotator numbers."""
     wins = [r["paired"]["win_rate"] for r in found]
-    if len(found) == 1:
-        diff, win = interval(diffs[0]), interval(wins[0], ".1f", 100)
-    else:
-        # mean over seeds, with the mean of the per-seed bootstrap intervals' half-widths
-        half = np.mean([(d["high"] - d["low"]) / 2 for d in diffs])
-        diff = f"{np.mean([d['mean'] for d in diffs]):+.3f} ± {half:.3f} (sd {np.std([d['mean'] for d in diffs]):.3f})"
-        win = f"{mean_spread([100 * w['mean'] for w in wins])}"
+    win = interval(wins[0], ".1f", 100) if len(found) == 1 else mean_spread([100 * w["mean"] for w in wins])
     heldout = [r["annotator"]["heldout"][0] for r in found if r.get("annotator", {}).get("heldout")]
     own = [np.mean(r["annotator"]["round"]) for r in found if r.get("annotator", {}).get("round")]
     moved = [100 * float(np.mean(r["mass_moved"])) for r in found if r.get("mass_moved")]
     return [
         f"{np.mean([r['mean_score'] for r in found]):.3f}",
-        diff,
+        versus.cell(results, name, "initial", seeds, per_seed=False),
         win,
         f"{np.mean([r['kl'] for r in found]):.2f}",
         mean_spread(heldout),
@@ -62,32 +57,13 @@ def hidden_row(found: list[dict[str, Any]]) -> list[str]:
 
 
 def versus_seed(results: Results, variant: Variant, seeds: list[int]) -> str:
-    """The row against DPO on the same seed pairs, prompt by prompt, pooled over the seeds both ran."""
+    """The row against DPO on the same seed pairs, prompt by prompt, over the seeds both ran (:func:`versus.cell`)."""
     reference = "flip_dpo" if variant.seed_pairs == "flipped" else "dpo_seed"
     if variant.seed_scale != 1.0:
         reference = f"size_dpo_x{variant.seed_scale:g}"
     if variant.name in (reference, SAME_RUN.get(reference)) or SAME_RUN.get(variant.name) == reference:
         return "-"
-    return versus(results, variant.name, reference, seeds)
-
-
-def versus(results: Results, name: str, reference: str, seeds: list[int]) -> str:
-    """Row ``name`` against row ``reference`` on the same seeds, prompt by prompt, pooled over the seeds both ran,
-    with a bootstrap interval over prompts, then each seed's own mean."""
-    from sgpo.evaluation.statistics import bootstrap_mean
-
-    diffs = {}
-    for seed in seeds:
-        mine, theirs = results.scores(name, seed), results.scores(reference, seed)
-        if mine is not None and theirs is not None:
-            diffs[seed] = mine - theirs
-    if not diffs:
-        return "-"
-    d = bootstrap_mean(np.concatenate(list(diffs.values())))
-    cell = f"{d.mean:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
-    # the interval resamples prompts; training noise shows in how far the seeds' own means spread
-    per_seed = " / ".join(f"s{seed} {x.mean():+.3f}" for seed, x in diffs.items())
-    return cell if len(diffs) == 1 else f"{cell} ({per_seed})"
+    return versus.cell(results, variant.name, reference, seeds)
 
 
 def standard_errors(diff: np.ndarray) -> float:
@@ -113,8 +89,9 @@ def fitness(results: Results, seeds: list[int]) -> list[str]:
 def hidden_table(results: Results, chosen: list[Variant], rows: list[int], seeds: list[int], judge: str) -> str:
     """The hidden track's table: paired differences against the initial model and DPO on the seed, KL, annotator."""
     lines = [
-        f"| row | method | mean {judge} score | paired difference vs initial [95% CI] | win rate % "
-        "| difference vs DPO on the seed [95% CI] | KL | annotator agrees with held-out gold % "
+        f"| row | method | mean {judge} score | difference vs initial [95% CI over seeds and prompts] | win rate % "
+        "| difference vs DPO on the seed [95% CI over seeds and prompts] (per seed) | KL "
+        "| annotator agrees with held-out gold % "
         "| gold agrees with round labels % | mass moved % | train wall time (s) | seeds |",
         "|---" * 12 + "|",
     ]
@@ -125,70 +102,10 @@ def hidden_table(results: Results, chosen: list[Variant], rows: list[int], seeds
         found = [e for s in seeds if (e := results.entry(v.name, s)) is not None]
         if found:
             label = v.label + (f" ({found[0]['seed_pairs']} seed pairs)" if v.row == 10 else "")
-            cells = hidden_row(found)
+            cells = hidden_row(results, v.name, found, seeds)
             cells.insert(3, versus_seed(results, v, seeds))
             lines.append(f"| {v.row} | {label} | " + " | ".join(cells) + " |")
     lines += fitness(results, seeds)
-    return "\n".join(lines)
-
-
-def above_base_rate(hits: int, trials: int, rate: float) -> float:
-    """One-sided binomial p-value that ``hits`` of ``trials`` exceed the base ``rate``: do the attacked pairs carry
-    wrong self-labels more often than the round's pairs do?"""
-    from scipy.stats import binomtest
-
-    return float(binomtest(hits, trials, rate, alternative="greater").pvalue)
-
-
-def follower_sweep_table(results: Results, chosen: list[Variant], seeds: list[int]) -> str:
-    """Row 12: each follower setting against iterative DPO at epsilon 0 and against the soft trim, on the same seeds,
-    with where the follower's budget went (over the rounds and seeds each ran)."""
-    lines = [
-        "| setting | difference vs eps = 0 [95% CI] (per seed) | difference vs soft trim [95% CI] | KL | mass moved % "
-        "| attacked pairs % | attacked pairs' share of the gradient % | attacked margin percentile (mean / max) "
-        "| gold disagrees with the label: attacked / all %, p (attacked above the base rate) "
-        "| gradient at the round's start vs eps = 0: attacked / "
-        "rest | seeds |",
-        "|---" * 11 + "|",
-    ]
-    control = next((v.name for v in chosen if v.name.startswith("soft_trim")), None)
-    for v in chosen:
-        found = [e for s in seeds if (e := results.entry(v.name, s)) is not None]
-        if not found:
-            continue
-        rounds = [r for e in found for r in e.get("attack", [])]
-
-        def mean(key: str, scale: float = 100.0, spec: str = ".1f", rows: list = rounds) -> str:
-            values = [r[key] for r in rows if r.get(key) is not None]
-            return format(scale * float(np.mean(values)), spec) if values else "-"
-
-        attacked = [r for r in rounds if r["pairs"]]
-        wrong_attacked = sum(r["gold_disagrees_attacked"] for r in attacked)
-        decided_attacked = sum(r["decided_attacked"] for r in attacked)
-        wrong_all = sum(r["gold_disagrees_all"] for r in attacked)
-        decided_all = sum(r["decided_all"] for r in attacked)
-        disagrees = (
-            f"{100 * wrong_attacked / decided_attacked:.0f} ({wrong_attacked}/{decided_attacked}) / "
-            f"{100 * wrong_all / decided_all:.0f}, "
-            f"p = {above_base_rate(wrong_attacked, decided_attacked, wrong_all / decided_all):.2g}"
-            if decided_attacked and decided_all
-            else "-"
-        )
-        share = [100 * r["attacked"] / r["pairs"] for r in attacked]
-        cells = [
-            v.label,
-            versus(results, v.name, "iter_dpo", seeds),
-            "-" if control in (None, v.name) else versus(results, v.name, control, seeds),
-            f"{np.mean([e['kl'] for e in found]):.2f}",
-            mean("mass_moved"),
-            f"{np.mean(share):.1f}" if share else "-",
-            mean("attacked_grad_share"),
-            f"{mean('attacked_margin_percentile', spec='.0f')} / {mean('attacked_margin_percentile_max', spec='.0f')}",
-            disagrees,
-            f"{mean('gradient_ratio_attacked', 1.0, '.2f')} / {mean('gradient_ratio_rest', 1.0, '.2f')}",
-            str(len(found)),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from sgpo.pipeline.files import read_jsonl, write_jsonl
 
-from experiments import bundle, render
+from experiments import bundle, follower_table, quoted, render
 from experiments.attack import run_attack
 from experiments.launch import Job, Launcher, evaluate, launch, sgpo
 from experiments.plots import plot_frontier, plot_seed_sizes
@@ -155,6 +155,9 @@ class Table:
         command += [f"seed={seed}", f"data.seed_pairs={seed_file}", f"round0.epochs={self.round0_epochs(seed_file)}"]
         command += [f"output_dir={run_dir}", "logging.progress=false"]
         seconds = self.launcher.call(command, self.out / "logs" / f"{name}.log")
+        if self.store.entry(variant.name, seed) is not None:
+            # a donor trained again for its lost round 0: its stored results are the table's and stay
+            return
         rounds = rounds_of(run_dir, "checkpoint")
         if not rounds:
             raise FileNotFoundError(f"{run_dir}: the run saved no checkpoint")
@@ -248,9 +251,13 @@ class Table:
         """The table (table.md) and, on the hidden track, its pictures: reward vs KL (frontier.png) and row 10's seed
         sizes (seed_size.png); the verifiable track's evaluations have no paired differences to draw."""
         a = self.args
+        if getattr(a, "docs", False):
+            # the pages quote row 9's results too, kept beside the table's (--out <table>_flips)
+            flips = Path(f"{self.out}_flips")
+            quoted.rewrite_docs(Path.cwd(), self.store, Results(flips / "results.json", flips / "eval"))
         if self.task.hidden and SWEEP_ROW in a.rows:
             # row 12 is the follower's sweep against epsilon 0, a table of its own
-            sweep = render.follower_sweep_table(self.store, [v for v in chosen if v.row == SWEEP_ROW], a.seeds)
+            sweep = follower_table.follower_sweep_table(self.store, [v for v in chosen if v.row == SWEEP_ROW], a.seeds)
             (self.out / "follower_sweep.md").write_text(sweep + "\n")
             print(sweep)
             chosen = [v for v in chosen if v.row != SWEEP_ROW]
