@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from sgpo.pipeline import cache, distributed, files
+from sgpo.pipeline import cache, distributed, files, zero
 from sgpo.pipeline.config import RunConfig
 
 # sections a later call may change: where results go, how they are shown and how many threads compute them
@@ -48,14 +48,30 @@ class RunContext:
         if mixed == "auto":
             mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         # accelerate only forms a multi-process CPU group (gloo) when told to run on the CPU
-        multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        multi_cpu = not torch.cuda.is_available() and world > 1
+        plugin = None
+        if distributed.deepspeed_requested():
+            from accelerate import PartialState
+
+            plugin = zero.make_plugin(
+                per_device_batch_size=cfg.train.per_device_batch_size,
+                max_grad_norm=cfg.train.max_grad_norm,
+                world=world,
+            )
+            if multi_cpu:
+                # the gloo group first; accelerate then takes DeepSpeed only from an accelerator not told cpu=True
+                PartialState(cpu=True)
+                multi_cpu = False
         self.accelerator = Accelerator(
             mixed_precision=mixed,
             cpu=multi_cpu,
+            deepspeed_plugin=plugin,
             log_with=cfg.logging.report_to or None,
             project_dir=str(self.out),
         )
         distributed.enable_cpu_fsdp(self.accelerator)
+        zero.load_full_weights(self.accelerator)
         self.stages = cache.StageCache(cfg.cache_dir)
         # the stages of the current round copied from cache_dir
         self.cached: list[str] = []

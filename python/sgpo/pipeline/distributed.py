@@ -52,11 +52,6 @@ def check_backends(generation_backend: str) -> None:
                 "distributed_type: the accelerate config asks for DEEPSPEED, which needs the deepspeed package "
                 "(not installed); pip install deepspeed, or launch with configs/accelerate/fsdp.yaml or ddp.yaml"
             )
-        if not torch.cuda.is_available():
-            raise ValueError(
-                "distributed_type: the accelerate config asks for DEEPSPEED, which needs CUDA devices and this "
-                "machine has none; launch with configs/accelerate/fsdp.yaml or ddp.yaml"
-            )
     if generation_backend == "vllm":
         missing = [
             what
@@ -75,6 +70,10 @@ def check_backends(generation_backend: str) -> None:
 
 def prepare_environment() -> None:
     """Settings the pipeline needs before accelerate and transformers read the environment."""
+    if deepspeed_requested():
+        from sgpo.pipeline import zero
+
+        zero.prepare_environment()
     if fsdp_requested():
         # with it, transformers loads real weights on the first process only and leaves the others to FSDP's
         # broadcast at prepare; the pipeline generates and scores with the unsharded model on every process before

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import sgpo.ops
+from sgpo.pipeline import zero
 from sgpo.pipeline.scoring import SequenceScorer, collate, pack_rows
 
 
@@ -276,6 +277,8 @@ def train_round(
         warnings.warn(f"train.packed: {reason}; one padded row per response instead", stacklevel=2)
         packed = False
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    # DeepSpeed steps (and clips) inside the backward of a step's last micro-batch; optimizer.step() is then a no-op
+    deepspeed = accelerator.distributed_type.value == "DEEPSPEED"
     scorer.train()
     device = accelerator.device
     ref = torch.as_tensor(ref_logps, dtype=torch.float32)
@@ -314,7 +317,7 @@ def train_round(
                 rows = pack_rows(chosen, rejected, pad_id) if packed else None
                 inputs = {k: v.to(device) for k, v in (rows or collate(chosen + rejected, pad_id)).items()}
                 sync = j == len(micro) - 1
-                context = accelerator.no_sync(scorer) if not sync else contextlib.nullcontext()
+                context = accelerator.no_sync(scorer) if not (sync or deepspeed) else contextlib.nullcontext()
                 with context, accelerator.autocast():
                     logps = scorer(**inputs).float()
                     if spec.attacked is not None:
@@ -323,7 +326,10 @@ def train_round(
                     out = pair_losses(spec, idx, logps, ref_batch)
                     # sum over pairs / global batch size, times world: DDP's mean over processes then gives the mean
                     loss = (out.losses * w).sum() * world / len(batch)
-                    accelerator.backward(loss)
+                    if deepspeed:
+                        zero.backward(accelerator, loss, last=sync)
+                    else:
+                        accelerator.backward(loss)
                 margin = (out.chosen_rewards - out.rejected_rewards).float()
                 sums += (
                     torch.stack(

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from sgpo.pipeline import distributed, files
+from sgpo.pipeline import distributed, files, zero
 from sgpo.pipeline.context import RunContext
 
 Rows = list[tuple[list[int], list[int]]]
@@ -65,7 +65,12 @@ def lora_layers(ctx: RunContext, model: Any) -> list[int] | None:
 
 def save_checkpoint(ctx: RunContext, model: Any, t: int) -> None:
     """Write ``round_<t>/checkpoint/`` (every process takes part: sharded weights are gathered first)."""
-    state_dict = distributed.full_state_dict(model) if distributed.is_sharded(ctx.accelerator) else None
+    state_dict = None
+    if distributed.is_sharded(ctx.accelerator):
+        state_dict = distributed.full_state_dict(model)
+    elif zero.is_zero3(ctx.accelerator):
+        # the model's own parameters are empty partitions under ZeRO-3
+        state_dict = zero.full_state_dict(model, main=ctx.main)
     if ctx.main:
         unwrapped = ctx.accelerator.unwrap_model(model)
         with files.atomic_dir(ctx.round_dir(t) / "checkpoint") as staging:
