@@ -48,13 +48,14 @@ gpu-check: setup
 	$(PY) scripts/gpu_check.py --out gpu_check.md
 
 # On a bare GPU machine with its own python3, torch and nvcc (docs/gpu.md): builds sgpo with CUDA, installs the wheels
-# of `make device-wheels`, runs part PART (a, b or all) into $(OUT)/device_check_PART.md. No .venv involved.
+# of `make device-wheels`, runs part PART (a, b, c or all) into $(OUT)/device_check_PART.md. No .venv involved.
 PART ?= all
 OUT ?= device_check
 device-check:
 	OUT=$(OUT) bash scripts/device_check.sh $(PART)
 
-# The wheels device-check installs where the GPU image lacks them (trl, datasets, liger-kernel), into .whl/.
+# The wheels device-check installs where the GPU image lacks them (trl, datasets, liger-kernel, cut-cross-entropy),
+# into .whl/.
 device-wheels:
 	bash scripts/device_wheels.sh
 

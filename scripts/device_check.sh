@@ -5,7 +5,8 @@
 #
 #   bash scripts/device_check.sh a      # correctness: device tests, the follower at n = 1e5..1e7 (about 5 minutes)
 #   bash scripts/device_check.sh b      # the fused head and one trainer step against TRL and Liger (about 5 minutes)
-#   bash scripts/device_check.sh all    # both, one after the other
+#   bash scripts/device_check.sh c      # the fused LM head: Triton sweep, then every method at two heads (about 7 minutes)
+#   bash scripts/device_check.sh all    # all three, one after the other
 #   bash scripts/device_check.sh all --rehearse   # on a CPU: tiny shapes, the CUDA steps skip (what the tests run)
 #
 # PYTHON (python3) is the interpreter; OUT (./device_check) the report folder; SGPO_DEVICE_SITE (/tmp/sgpo-device-site)
@@ -15,8 +16,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PART="${1:-}"
 case "$PART" in
-  a|b|all) ;;
-  *) echo "device_check.sh: PART='$PART': expected a, b or all (see the header of scripts/device_check.sh)" >&2; exit 2 ;;
+  a|b|c|all) ;;
+  *) echo "device_check.sh: PART='$PART': expected a, b, c or all (see the header of scripts/device_check.sh)" >&2; exit 2 ;;
 esac
 REHEARSE=()
 if [ "${2:-}" = "--rehearse" ]; then

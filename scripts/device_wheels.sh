@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The wheels `scripts/device_check.sh` installs on a GPU machine whose image lacks them (no network there): trl,
-# datasets and liger-kernel at the versions in constraints.txt, and the two packages datasets needs that the image
-# does not hold (dill, multiprocess). Downloads them for CPython 3.12 on manylinux x86-64 into .whl/ (ignored by git;
-# name it in the device tool's `carry`). Any extra argument is one more requirement, e.g. pyarrow==26.0.1.
+# datasets and liger-kernel at the versions in constraints.txt, the two packages datasets needs that the image
+# does not hold (dill, multiprocess), and cut-cross-entropy 25.1.1 for part c. Downloads them without dependencies
+# for CPython 3.12 on manylinux x86-64 into .whl/ (ignored by git; copy it along to the GPU machine). Any extra
+# argument is one more requirement, e.g. pyarrow==26.0.1.
 #
 #   bash scripts/device_wheels.sh
 set -euo pipefail
@@ -23,7 +24,8 @@ for name in trl datasets liger-kernel dill multiprocess; do
   requirement="$(pin "$name")"
   REQUIREMENTS+=("$requirement")
 done
-REQUIREMENTS+=("$@")
+# Part c's Cut Cross-Entropy: benchmarked against, not a dependency of sgpo, so pinned here rather than in constraints.txt
+REQUIREMENTS+=("cut-cross-entropy==25.1.1" "$@")
 rm -rf "$DEST"
 mkdir -p "$DEST"
 PLATFORMS=()

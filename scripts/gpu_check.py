@@ -1,4 +1,4 @@
-"""``make gpu-check``: everything that needs a CUDA device, in two parts of about 5 minutes, into one markdown report.
+"""``make gpu-check``: everything that needs a CUDA device, in three parts of 5 to 7 minutes, into one markdown report.
 
 Part a, correctness:
 1. The device tests: the CUDA follower against the CPU path (tests/test_follower_cuda.py), the Triton kernels
@@ -16,12 +16,19 @@ Part b, against TRL and Liger:
 4. One SGPODPOTrainer step against trl.DPOTrainer on a randomly initialised Llama-3.2-1B-shaped model, bfloat16,
    8 pairs of 512 tokens, LoRA and full fine-tuning (benchmarks/bench_trl.py).
 
+Part c, the fused LM head (benchmarks/bench_fused_head.py):
+5. An in-process sweep of the Triton path's vocabulary block, token chunk and num_warps, then each method in a fresh
+   process at Llama-3's head (H = 4,096, V = 128,256; 2 and 4 pairs of 1,024 tokens) and SmolLM2's (H = 576,
+   V = 49,152; 4 and 8 pairs), bfloat16: materialised PyTorch, sgpo's PyTorch path, sgpo's Triton path at its best
+   setting, TRL's fused head, Liger, Cut Cross-Entropy with gradient filtering off and on; time, peak memory and
+   gradient error against float32. Writes the measured plan ``fused_linear_tuned.json`` beside the report.
+
 Each step has a time limit and the report is rewritten after each, so a part ends within its limit even when a step
 hangs, and a part stopped from outside keeps the steps it finished. Exit status 0 only when every step passed.
 ``--rehearse`` runs the same steps on the CPU at tiny shapes (the CUDA tests skip), which is how the tests keep this
 script working between GPU runs.
 
-    python scripts/gpu_check.py --out gpu_check.md              # both parts
+    python scripts/gpu_check.py --out gpu_check.md              # every part
     python scripts/gpu_check.py --part a --out device_check_a.md
 """
 
@@ -44,7 +51,10 @@ DEVICE_TESTS = (
     "tests/test_gpu_compile.py",
 )
 # What the report lists the versions of: the image's own packages and the carried ones.
-PACKAGES = ("torch", "triton", "transformers", "trl", "peft", "accelerate", "datasets", "liger-kernel", "pyarrow")
+PACKAGES = (
+    "torch", "triton", "transformers", "trl", "peft", "accelerate", "datasets", "liger-kernel", "cut-cross-entropy",
+    "pyarrow",
+)  # fmt: skip
 
 
 @dataclass
@@ -56,9 +66,10 @@ class Step:
     table: str | None = None  # the markdown file the step writes, shown in the report
 
 
-def steps(python: str, scratch: Path, rehearse: bool = False) -> list[Step]:
-    """The check's steps; on a GPU part a's limits add up to 4.5 minutes and part b's to 7.5, well under the
-    10 minutes one device command may take. ``rehearse``: the same steps at CPU-sized shapes."""
+def steps(python: str, scratch: Path, rehearse: bool = False, report_dir: Path | None = None) -> list[Step]:
+    """The check's steps; on a GPU part a's limits add up to 4.5 minutes, part b's to 7.5 and part c's to 7, each
+    under the 10 minutes one command may take with the build. ``rehearse``: the same steps at CPU-sized shapes.
+    ``report_dir``: where part c writes its measured plan (default ``scratch``)."""
     follower_sizes = ["2000", "100000"] if rehearse else ["100000", "1000000", "10000000"]
     liger_shape = (
         ["--hidden", "64", "--vocab", "1000", "--seq-lens", "64", "--pairs", "2", "--device", "cpu", "--repeats", "1"]
@@ -97,6 +108,15 @@ def steps(python: str, scratch: Path, rehearse: bool = False) -> list[Step]:
             + ["--out", str(scratch / "trainer.md")],
             240,
             table=str(scratch / "trainer.md"),
+        ),
+        Step(
+            "Fused LM head: sgpo's Triton path against materialised PyTorch, TRL, Liger and Cut Cross-Entropy",
+            "c",
+            [python, "benchmarks/bench_fused_head.py", *(["--rehearse"] if rehearse else [])]
+            + ["--out", str(scratch / "fused_head.md")]
+            + ["--tuned-out", str((report_dir or scratch) / "fused_linear_tuned.json")],
+            420,
+            table=str(scratch / "fused_head.md"),
         ),
     ]
 
@@ -147,7 +167,12 @@ def run_step(step: Step) -> tuple[str, float, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "gpu_check.md", help="the markdown report")
-    parser.add_argument("--part", choices=["a", "b", "all"], default="all", help="a: correctness; b: against TRL/Liger")
+    parser.add_argument(
+        "--part",
+        choices=["a", "b", "c", "all"],
+        default="all",
+        help="a: correctness; b: against TRL/Liger; c: fused head",
+    )
     parser.add_argument("--rehearse", action="store_true", help="run on the CPU at tiny shapes (CUDA tests skip)")
     args = parser.parse_args(argv)
 
@@ -164,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text("\n".join(lines))
     all_passed = True
     with tempfile.TemporaryDirectory() as tmp:
-        for step in steps(sys.executable, Path(tmp), args.rehearse):
+        for step in steps(sys.executable, Path(tmp), args.rehearse, args.out.parent):
             if args.part not in ("all", step.part):
                 continue
             print(f"== {step.title}: {' '.join(step.argv)}", file=sys.stderr, flush=True)

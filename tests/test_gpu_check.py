@@ -5,6 +5,7 @@ steps skipping and every other step passing, so the check cannot rot between run
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -59,15 +60,15 @@ def test_the_benchmark_steps_accept_their_flags(check: types.ModuleType, tmp_pat
 
 def test_each_part_fits_one_device_command_with_room_for_the_build(check: types.ModuleType, tmp_path: Path) -> None:
     all_steps = check.steps(sys.executable, tmp_path)
-    assert {s.part for s in all_steps} == {"a", "b"}
-    for part in ("a", "b"):
+    assert {s.part for s in all_steps} == {"a", "b", "c"}
+    for part in ("a", "b", "c"):
         # a fresh machine builds the extension first (25 s on the H200's 16 cores): a minute is left for it
         assert sum(s.timeout_s for s in all_steps if s.part == part) <= DEVICE_COMMAND_LIMIT_S - 60, part
 
 
 def test_an_unknown_part_or_option_is_refused_by_name(tmp_path: Path) -> None:
     env = {**os.environ, "OUT": str(tmp_path), "SGPO_DEVICE_CHECK_BUILD": "0", "PYTHON": sys.executable}
-    for argv, expected in ((["c"], "PART='c': expected a, b or all"), (["a", "--fast"], "unknown option '--fast'")):
+    for argv, expected in ((["d"], "PART='d': expected a, b, c or all"), (["a", "--fast"], "unknown option '--fast'")):
         done = subprocess.run(
             ["bash", "scripts/device_check.sh", *argv], cwd=ROOT, env=env, capture_output=True, text=True
         )
@@ -89,7 +90,7 @@ def test_the_device_check_rehearses_on_the_cpu(tmp_path: Path) -> None:
     report = (tmp_path / "device_check_all.md").read_text()
     assert done.returncode == 0, report + done.stderr[-3000:]
     steps = re.findall(r"^## (.*): (\w+) \(\d+ s\)$", report, flags=re.M)
-    assert len(steps) == 4 and all(status == "passed" for _, status in steps), steps
+    assert len(steps) == 5 and all(status == "passed" for _, status in steps), steps
     # The CUDA tests skip cleanly and the rest of the device tests pass.
     assert re.search(r"\d+ passed, \d+ skipped", report)
     # Every method of the loss comparison ran, and agreed on the loss (bench_losses warns otherwise).
@@ -99,3 +100,9 @@ def test_the_device_check_rehearses_on_the_cpu(tmp_path: Path) -> None:
     # The trainer table has the baseline and sgpo's rows, each with a step time.
     assert re.search(r"^\| trl\.DPOTrainer, defaults \| [\d.]+ \| 1\.00x", report, flags=re.M)
     assert re.search(r"^\| SGPODPOTrainer, logps_backend=sgpo \| [\d.]+ \|", report, flags=re.M)
+    # The fused head's table: the baseline and sgpo's two paths timed, the Triton row at a setting the sweep chose.
+    for method in ("torch", "sgpo_torch", "sgpo_triton"):
+        assert re.search(rf"^\| tiny \(32, 300\) \| 2 \| {method} \| [\d.]+ \|", report, flags=re.M), method
+    assert re.search(r"\| sgpo_triton \|.*\| block \d+, chunk_tokens \d+, num_warps \d+ \|$", report, flags=re.M)
+    plan = json.loads((tmp_path / "fused_linear_tuned.json").read_text())["entries"]
+    assert [e["backend"] in ("triton", "torch") for e in plan] == [True]
