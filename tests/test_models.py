@@ -52,6 +52,30 @@ def test_resolve_model_errors_and_pass_through(tmp_path: Path, tiny_model_dir: P
         load_model(tiny_model_dir, dtype="float33")
 
 
+def test_only_short_names_mean_the_bundled_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the bundled model is the Q4_1 GGUF dequantised, not the hub's weights: the hub id must reach from_pretrained as is
+    import sgpo.models
+
+    converted: list[Path] = []
+
+    def fake_convert(gguf_path: Path, output_dir: Path) -> Path:
+        converted.append(Path(output_dir))
+        Path(output_dir).mkdir(parents=True)
+        (Path(output_dir) / "config.json").write_text("{}")
+        return Path(output_dir)
+
+    monkeypatch.setenv("SGPO_CACHE", str(tmp_path))
+    monkeypatch.setattr(sgpo.models, "smollm2_gguf_path", lambda: tmp_path / "never-read.gguf")
+    monkeypatch.setattr(sgpo.models, "convert_gguf", fake_convert)
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    for name in (hub_id, hub_id.lower(), hub_id.upper()):
+        assert resolve_model(name) == name
+    assert converted == [] and not (tmp_path / SMOLLM2).exists()
+    for name in (SMOLLM2, SMOLLM2.lower(), SMOLLM2.upper(), "smollm2", "SmolLM2", "SMOLLM2"):
+        assert resolve_model(name) == str(tmp_path / SMOLLM2)
+    assert converted == [tmp_path / SMOLLM2]
+
+
 def test_tiny_name_builds_once_into_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny) -> None:
     monkeypatch.setenv("SGPO_CACHE", str(tmp_path))
     path = Path(resolve_model(TINY))

