@@ -116,6 +116,15 @@ def launch_two_processes(script: Path, args: list[str], timeout: int, **env: str
     assert done.returncode == 0, launch_output(done)
 
 
+def accelerate_launch(config_file: Path, port: int, *rest: str) -> list[str]:
+    """``accelerate launch --config_file CONFIG`` on 2 CPU processes in float32 (what the docs' commands run at tiny
+    size), followed by ``rest`` (launcher options, then the script or ``-m sgpo run ...``)."""
+    return [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)),
+        *("--num_processes", "2", "--mixed_precision", "no", "--main_process_port", str(port), *rest),
+    ]
+
+
 def launch_output(done: subprocess.CompletedProcess) -> str:
     """A failed multi-process launch's output: its stdout tail and each failing process's own traceback, which the
     launcher's report that follows would push out of a plain stderr tail."""

@@ -17,28 +17,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("accelerate")
 pytest.importorskip("peft")
 
-from conftest import PYTHON, launch_output, subprocess_env, tiny_overrides  # noqa: E402
+from conftest import accelerate_launch, launch_output, subprocess_env, tiny_overrides  # noqa: E402
 
 FSDP_CONFIG = Path(__file__).resolve().parents[1] / "python" / "sgpo" / "configs" / "accelerate" / "fsdp.yaml"
 
 
 def launch(script: Path, args: list[str], tmp_path: Path, port: int) -> subprocess.CompletedProcess:
     """``script`` under ``accelerate launch`` with the bundled FSDP config on 2 CPU processes."""
-    command = [
-        PYTHON,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(FSDP_CONFIG),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        str(port),
-        str(script),
-        *args,
-    ]
+    command = accelerate_launch(FSDP_CONFIG, port, str(script), *args)
     return subprocess.run(command, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
 
 

@@ -24,7 +24,7 @@ pytest.importorskip("accelerate")
 pytest.importorskip("peft")
 pytest.importorskip("deepspeed")
 
-from conftest import PYTHON, launch_output, subprocess_env, tiny_overrides  # noqa: E402
+from conftest import accelerate_launch, launch_output, subprocess_env, tiny_overrides  # noqa: E402
 from test_pipeline_resume import assert_same_run, read_jsonl  # noqa: E402
 
 ACCELERATE = Path(__file__).resolve().parents[1] / "python" / "sgpo" / "configs" / "accelerate"
@@ -85,24 +85,15 @@ def launch_zero(
     """The worker under ``accelerate launch`` with the bundled ZeRO-3 config on 2 CPU processes."""
     script = tmp_path / "zero_worker.py"
     script.write_text(WORKER)
-    command = [
-        PYTHON,
-        "-m",
-        "accelerate.commands.launch",
-        "--config_file",
-        str(ACCELERATE / "deepspeed_zero3.yaml"),
-        "--num_processes",
-        "2",
-        "--mixed_precision",
-        "no",
-        "--main_process_port",
-        str(port),
+    command = accelerate_launch(
+        ACCELERATE / "deepspeed_zero3.yaml",
+        port,
         *(["--zero_stage", str(stage)] if stage != 3 else []),
         str(script),
         str(record),
         str(kill_at),
         *overrides,
-    ]
+    )
     return subprocess.run(command, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=400)
 
 
