@@ -43,7 +43,7 @@ bench: setup
 	$(PY) benchmarks/bench_follower.py
 	$(PY) benchmarks/bench_losses.py
 
-# On a machine with a CUDA GPU: the device tests and benchmarks, into gpu_check.md (about 10 minutes on one H100).
+# On a machine with a CUDA GPU: the device tests and benchmarks, into gpu_check.md (three parts of 5-7 minutes each).
 gpu-check: setup
 	$(PY) scripts/gpu_check.py --out gpu_check.md
 
