@@ -93,8 +93,10 @@ def run_round(ctx: RunContext, t: int) -> dict[str, Any]:
         with timed(timings, "update"):
             metrics["train"] = update.update(ctx, t, pi_t, pairs, extra, step_context)
     if ctx.cfg.evaluate.prompts is not None:
-        # the trained policy as saved, whether this call trained it or an earlier one did
+        # the trained policy as saved, whether this call trained it or an earlier one did; the training engine (a
+        # ZeRO-3 or FSDP model's partitions, the optimizer's state) is released first, not beside the reloaded policy
         del pi_t
+        ctx.accelerator.free_memory()
         metrics["eval"] = evaluate.evaluate(ctx, t, load_policy(ctx, ctx.round_dir(t) / "checkpoint"))
     metrics["seconds"] = time.perf_counter() - started
     if ctx.cached:
