@@ -160,8 +160,8 @@ def stage_memory(cfg: Any, gpus: int) -> dict[str, float]:
         "vllm": models + g.vllm.gpu_memory_utilization * S["GPU_GB"] * GB,
         "annotate": models + S["ACTIVATION_BYTES"] * HIDDEN * 2 * t.per_device_batch_size * d.max_length,
         "solve": models,
-        # the round's ZeRO-3 partitions stay until the round ends; the checkpoint is loaded again beside them
-        "evaluate": models + 16 * PARAMS / gpus + e.batch_size * eval_tokens * KV_PER_TOKEN + 4 * S["RM_PARAMS"],
+        # the training engine is released first; the checkpoint is loaded again beside the SFT model
+        "evaluate": models + e.batch_size * eval_tokens * KV_PER_TOKEN + 4 * S["RM_PARAMS"],
     }
 
 
