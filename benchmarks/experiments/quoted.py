@@ -131,15 +131,16 @@ class Quoted:
         evidence = (
             f"probability space, eps 0.1: gold reverses attacked / all %: {follower_table.detector(rounds)} (exact, "
             f"within seed x round); round 1 alone {first}; no more than the margin rank finds: the attacked pairs are "
-            f"the k lowest margins in {follower_table.lowest_margins(rounds)} rounds"
+            f"the k lowest margins in {follower_table.lowest_margins(rounds)} rounds, and dropping those pairs by rank "
+            f"(no program) - the follower's trim: {self.gap('margin_drop_0.1', 'trim_uncapped_0.1')}"
         )
         return claim, "holds" if test[4] < versus.SIGNIFICANCE else "inconclusive", evidence, f"[row 12]({link})"
 
     def claims(self) -> str:
         """README's claims table: each claim's verdict by the rules of :func:`versus.verdict`, with its evidence."""
         hidden = "docs/results-hidden.md"
-        table = f"{hidden}#the-results-table-three-seeds"
-        sweep = f"{hidden}#the-follower-without-its-cap-and-its-trims-row-12-three-seeds"
+        table = f"{hidden}#the-results-table-three-to-five-seeds"
+        sweep = f"{hidden}#the-follower-without-its-cap-and-its-trims-row-12-three-to-five-seeds"
         family = self.family()
         best = max(family.items(), key=lambda kv: kv[1][0].mean) if family else None
         if best is None:
