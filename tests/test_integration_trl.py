@@ -122,12 +122,27 @@ def accuracy_slack(trainer: DPOTrainer, step: int) -> float:
     return sum(shares) / len(shares)
 
 
+def reward_rounding(trainer: DPOTrainer, step: int) -> float:
+    """The float32 rounding a logged reward carries: a reward is beta times a difference of summed log-probs, so its
+    error scales with those sums, not with the (much smaller) reward. A tenth of the sign metrics' noise bound, i.e.
+    10 eps x beta x the summed log-probs' magnitude, averaged over the step's pairs; 0 without records."""
+    records = getattr(trainer, "pair_margins", {}).get(step)
+    if not records:
+        return 0.0
+    return sum(float(noise.mean()) for _, noise in records) / len(records) / 10
+
+
 def assert_same_logged(ours: DPOTrainer, a: dict, b: dict, step: int, key: str, tolerance: float) -> None:
-    """One logged metric of ``ours`` (a) against TRL's (b) at ``step``: values to ``tolerance``; reward accuracy, a
-    count of signs, exactly, except for pairs whose margin is float noise."""
+    """One logged metric of ``ours`` (a) against TRL's (b) at ``step``: values to ``tolerance`` (rewards also to their
+    float32 rounding); reward accuracy, a count of signs, exactly, except for pairs whose margin is float noise."""
     if key == "rewards/accuracies":
         slack = accuracy_slack(ours, step)
         assert abs(a[key] - b[key]) <= slack + 1e-9, f"step {step}: {key} {a[key]} vs {b[key]}, slack {slack}"
+    elif key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        rounding = reward_rounding(ours, step)
+        assert a[key] == pytest.approx(b[key], rel=tolerance, abs=max(tolerance / 10, rounding)), (
+            f"step {step}: {key}, rounding {rounding:.2g}"
+        )
     else:
         assert a[key] == pytest.approx(b[key], rel=tolerance, abs=tolerance / 10), f"step {step}: {key}"
 
