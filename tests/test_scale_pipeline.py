@@ -115,6 +115,19 @@ def assert_checkpoint_scores_as_the_live_model(entry: dict, checkpoint: Path, ba
     torch.testing.assert_close(logps, torch.tensor(entry["logps"]), rtol=0, atol=1e-5)
 
 
+def assert_round_0_as_one_process(out: Path, reference: Path, weights: str, *, loss_rel: float | None = None) -> None:
+    """Round 0 of ``out`` took the losses (abs 1e-5, and ``loss_rel``) and saved the ``weights`` file (1e-5) of the
+    one-process run ``reference``."""
+    from safetensors.numpy import load_file
+
+    ours, theirs = (read_jsonl(run / "round_0" / "train_log.jsonl") for run in (out, reference))
+    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in theirs], rel=loss_rel, abs=1e-5)
+    final, expected = (load_file(str(run / "round_0" / "checkpoint" / weights)) for run in (out, reference))
+    assert final.keys() == expected.keys()
+    for name in final:
+        torch.testing.assert_close(torch.from_numpy(final[name]), torch.from_numpy(expected[name]), rtol=0, atol=1e-5)
+
+
 def test_pipeline_under_zero3_resumes_after_kill_9_as_one_uninterrupted_process(
     tmp_path: Path, ssapo_run: Path, tiny_model_dir: Path, preference_files: dict[str, Path]
 ) -> None:
@@ -150,8 +163,6 @@ def test_pipeline_under_zero3_resumes_after_kill_9_as_one_uninterrupted_process(
 def test_round_0_under_zero2_matches_one_process(
     tmp_path: Path, ssapo_run: Path, tiny_model_dir: Path, preference_files: dict[str, Path]
 ) -> None:
-    from safetensors.numpy import load_file
-
     out, record = tmp_path / "run", tmp_path / "record.jsonl"
     done = launch_zero(
         tmp_path, record, tiny_overrides(tiny_model_dir, preference_files, out, "rounds=0"), port=29573, stage=2
@@ -159,12 +170,7 @@ def test_round_0_under_zero2_matches_one_process(
     assert done.returncode == 0, launch_output(done)
     (entry,) = read_jsonl(record)
     assert entry["empty"] == 0  # ZeRO-2 partitions the optimizer state and gradients, never the weights
-    ours, theirs = (read_jsonl(run / "round_0" / "train_log.jsonl") for run in (out, ssapo_run))
-    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in theirs], abs=1e-5)
-    final, expected = (load_file(str(run / "round_0/checkpoint/adapter_model.safetensors")) for run in (out, ssapo_run))
-    assert final.keys() == expected.keys()
-    for name in final:
-        torch.testing.assert_close(torch.from_numpy(final[name]), torch.from_numpy(expected[name]), rtol=0, atol=1e-5)
+    assert_round_0_as_one_process(out, ssapo_run, "adapter_model.safetensors")
     assert_checkpoint_scores_as_the_live_model(entry, out / "round_0" / "checkpoint", tiny_model_dir)
 
 
@@ -183,18 +189,13 @@ def test_full_fine_tuning_with_gradient_checkpointing_under_zero3_matches_one_pr
     assert done.returncode == 0, launch_output(done)
     (entry,) = read_jsonl(record)
     assert entry["empty"] > 0
-    ours, theirs = (read_jsonl(run_dir / "round_0" / "train_log.jsonl") for run_dir in (out, single))
-    assert len(ours) == len(theirs) > 0
-    assert [r["loss"] for r in ours] == pytest.approx([r["loss"] for r in theirs], rel=1e-4, abs=1e-5)
-    checkpoint, expected_checkpoint = (run_dir / "round_0" / "checkpoint" for run_dir in (out, single))
+    assert len(read_jsonl(out / "round_0" / "train_log.jsonl")) > 0
+    assert_round_0_as_one_process(out, single, "model.safetensors", loss_rel=1e-4)
+    checkpoint = out / "round_0" / "checkpoint"
     assert not (checkpoint / "adapter_model.safetensors").exists()
-    final, expected = (load_file(str(c / "model.safetensors")) for c in (checkpoint, expected_checkpoint))
-    assert final.keys() == expected.keys()
-    initial = load_file(str(tiny_model_dir / "model.safetensors"))
+    final, initial = (load_file(str(d / "model.safetensors")) for d in (checkpoint, tiny_model_dir))
     # training moved the weights, and the gathered checkpoint holds the moved ones
     assert max(abs(final[k] - initial[k]).max() for k in final if k in initial) > 1e-4
-    for name in final:
-        torch.testing.assert_close(torch.from_numpy(final[name]), torch.from_numpy(expected[name]), rtol=0, atol=1e-5)
     assert_checkpoint_scores_as_the_live_model(entry, checkpoint, None)
 
 

@@ -278,7 +278,7 @@ def train_round(
         packed = False
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     # DeepSpeed steps (and clips) inside the backward of a step's last micro-batch; optimizer.step() is then a no-op
-    deepspeed = accelerator.distributed_type.value == "DEEPSPEED"
+    deepspeed = zero.is_deepspeed(accelerator)
     scorer.train()
     device = accelerator.device
     ref = torch.as_tensor(ref_logps, dtype=torch.float32)

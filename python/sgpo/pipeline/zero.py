@@ -39,7 +39,7 @@ def load_full_weights(accelerator: Any) -> None:
     could not run the model outside DeepSpeed's engine."""
     from transformers.integrations import unset_hf_deepspeed_config
 
-    if accelerator.distributed_type.value == "DEEPSPEED":
+    if is_deepspeed(accelerator):
         unset_hf_deepspeed_config()
         accelerator.state.deepspeed_plugin.dschf = None
 
@@ -82,8 +82,12 @@ def backward(accelerator: Any, loss: torch.Tensor, *, last: bool) -> None:
     accelerator.deepspeed_engine_wrapped.backward(loss, sync_gradients=last)
 
 
+def is_deepspeed(accelerator: Any) -> bool:
+    return accelerator.distributed_type.value == "DEEPSPEED"
+
+
 def is_zero3(accelerator: Any) -> bool:
-    return accelerator.distributed_type.value == "DEEPSPEED" and accelerator.state.deepspeed_plugin.zero_stage == 3
+    return is_deepspeed(accelerator) and accelerator.state.deepspeed_plugin.zero_stage == 3
 
 
 def full_state_dict(model: nn.Module, *, main: bool) -> dict[str, torch.Tensor]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from sgpo.pipeline import distributed, files, policy
+from sgpo.pipeline import distributed, files, policy, zero
 from sgpo.pipeline.context import RunContext
 
 
@@ -137,7 +137,7 @@ def update(
     partial = round_dir / "train_log.partial.jsonl"
     # a training state saved mid-round (train.save_steps) is resumed from; the step rows up to it are kept
     every = train.save_steps
-    if every and ctx.accelerator.distributed_type.value == "DEEPSPEED":
+    if every and zero.is_deepspeed(ctx.accelerator):
         # ZeRO's partitioned state is saved through its engine, which this loop does not drive; a round reruns
         every = None
     if distributed.is_sharded(ctx.accelerator):
