@@ -42,8 +42,12 @@ class Results:
         entry = self.entry(name, seed)
         if not entry or "run_dir" not in entry or self.evaluations is None:
             return None
-        path = self.evaluations / Path(entry["run_dir"]).name / "eval.json"
-        return np.asarray(json.loads(path.read_text())["results"][0]["scores"]) if path.is_file() else None
+        return eval_scores(self.evaluations / Path(entry["run_dir"]).name / "eval.json")
+
+
+def eval_scores(path: Path) -> np.ndarray | None:
+    """The per-prompt gold scores of an ``sgpo eval`` output's eval.json; None where it does not exist."""
+    return np.asarray(json.loads(path.read_text())["results"][0]["scores"]) if path.is_file() else None
 
 
 def rounds_of(run_dir: Path, pattern: str) -> list[Path]:

@@ -20,7 +20,7 @@ from typing import Any
 
 from sgpo.pipeline.files import read_jsonl, write_jsonl
 
-from experiments import bundle, follower_table, quoted, render
+from experiments import bundle, follower_table, quoted, render, versus
 from experiments.attack import run_attack
 from experiments.launch import Job, Launcher, evaluate, launch, sgpo
 from experiments.plots import plot_frontier, plot_seed_sizes
@@ -254,7 +254,7 @@ class Table:
         if getattr(a, "docs", False):
             # the pages quote row 9's results too, kept beside the table's (--out <table>_flips)
             flips = Path(f"{self.out}_flips")
-            quoted.rewrite_docs(Path.cwd(), self.store, Results(flips / "results.json", flips / "eval"))
+            quoted.rewrite_docs(Path.cwd(), self.store, versus.evaluations_of(flips))
         if self.task.hidden and SWEEP_ROW in a.rows:
             # row 12 is the follower's sweep against epsilon 0, a table of its own
             sweep = follower_table.follower_sweep_table(self.store, [v for v in chosen if v.row == SWEEP_ROW], a.seeds)

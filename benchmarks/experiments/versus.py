@@ -9,13 +9,12 @@ before the five-seed runs.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 from sgpo.evaluation.statistics import SeedPromptInterval, bootstrap_mean, equivalence, seed_prompt_interval
 
-from experiments.store import Results
+from experiments.store import Results, eval_scores
 
 # the equivalence margin on the structure score: a difference inside +-0.02 counts as no effect
 EQUIVALENCE_MARGIN = 0.02
@@ -26,8 +25,7 @@ def scores(results: Results, name: str, seed: int) -> np.ndarray | None:
     """Per-prompt gold scores of row ``name`` on ``seed``; ``"initial"`` is the initial model (one for every seed)."""
     if name != "initial":
         return results.scores(name, seed)
-    path = None if results.evaluations is None else results.evaluations / "initial" / "eval.json"
-    return np.asarray(json.loads(path.read_text())["results"][0]["scores"]) if path and path.is_file() else None
+    return None if results.evaluations is None else eval_scores(results.evaluations / "initial" / "eval.json")
 
 
 def differences(results: Results, name: str, reference: str, seeds: list[int]) -> dict[int, np.ndarray]:
