@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_losses  # noqa: E402
+from sgpo.ops.dispatch import TRITON_BLOCK, TRITON_CHUNK_TOKENS, TRITON_NUM_WARPS  # noqa: E402
 
 METHODS = ("torch", "sgpo_torch", "sgpo_triton", "trl_fused", "liger", "cce", "cce_filter")
 # (name, hidden, vocab, pairs) at 1,024 tokens per sequence, a quarter of them prompt
@@ -44,23 +45,6 @@ REHEARSAL_HEADS = {"tiny": (32, 300, (2,))}
 SWEEP = {"block": (2048, 4096, 8192, 16384), "chunk_tokens": (2048, 4096, 8192), "num_warps": (4, 8)}
 REHEARSAL_SWEEP = {"block": (128, 256), "chunk_tokens": (32,), "num_warps": (4,)}
 BETA = 0.1
-
-
-def _timer(device: torch.device) -> Callable[[Callable[[], object]], float]:
-    if device.type == "cuda":
-        import triton.testing
-
-        return lambda fn: triton.testing.do_bench(fn) / 1e3
-
-    def median_of_three(fn: Callable[[], object]) -> float:
-        times = []
-        for _ in range(3):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return sorted(times)[1]
-
-    return median_of_three
 
 
 def _set_triton(setting: dict) -> None:
@@ -105,19 +89,6 @@ def _float32_grads(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Ten
     return torch.autograd.grad(loss, (h, w))
 
 
-def _peak(device: torch.device, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
-    if device.type != "cuda":
-        base = max(bench_losses._rss_bytes(), bench_losses._maxrss_bytes())
-        out = fn()
-        return out, max(bench_losses._maxrss_bytes() - base, 0)
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    out = fn()
-    torch.cuda.synchronize()
-    return out, torch.cuda.max_memory_allocated() - base
-
-
 def _cases(args: argparse.Namespace, head: str) -> list[tuple[int, int, int, int]]:
     hidden, vocab, pairs = (REHEARSAL_HEADS if args.rehearse else HEADS)[head]
     return [(hidden, vocab, n, args.seq_len) for n in pairs]
@@ -127,7 +98,7 @@ def _worker(args: argparse.Namespace) -> list[dict]:
     """One method at every case of one head, in this fresh process."""
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     os.environ["SGPO_KERNELS"] = {"sgpo_torch": "torch", "sgpo_triton": "triton"}.get(args.worker, "")
-    timer, rows = _timer(device), []
+    timer, rows = bench_losses.timer(device), []
     settings = json.loads(args.settings) if args.settings else {}
     # one tiny step first, so one-time costs (imports, registration, compilation) fall outside the measurement
     _step(args.worker, *bench_losses._inputs(1, 8, 16, 64, dtype, device))()
@@ -142,7 +113,7 @@ def _worker(args: argparse.Namespace) -> list[dict]:
             hidden.grad = weight.grad = None
             return step()
 
-        loss, peak = _peak(device, run)
+        loss, peak = bench_losses.peak_memory(device, run)
         got = (hidden.grad.float(), weight.grad.float())
         seconds = timer(run)
         hidden.grad = weight.grad = None
@@ -162,7 +133,7 @@ def sweep(args: argparse.Namespace, head: str) -> dict[str, dict]:
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     os.environ["SGPO_KERNELS"] = "triton"
     grid = REHEARSAL_SWEEP if args.rehearse else SWEEP
-    timer, best = _timer(device), {}
+    timer, best = bench_losses.timer(device), {}
     for hidden_size, vocab, n_pairs, seq_len in _cases(args, head):
         hidden, weight, labels = bench_losses._inputs(n_pairs, seq_len, hidden_size, vocab, dtype, device)
         step = _step("sgpo_triton", hidden, weight, labels)
@@ -242,12 +213,12 @@ def tuned_entries(rows: list[dict], args: argparse.Namespace, device_name: str) 
                 continue
             pick = min(ours, key=lambda r: r["seconds"])
             setting = pick["setting"] if pick["method"] == "sgpo_triton" else {}
+            default = {"block": TRITON_BLOCK, "chunk_tokens": TRITON_CHUNK_TOKENS, "num_warps": TRITON_NUM_WARPS}
             entries.append(
                 {
                     "device": device_name, "dtype": args.dtype, "hidden": hidden, "vocab": vocab,
                     "tokens": 2 * n * args.seq_len, "backend": pick["method"].removeprefix("sgpo_"),
-                    "block": setting.get("block", 4096), "chunk_tokens": setting.get("chunk_tokens", 4096),
-                    "num_warps": setting.get("num_warps", 8), "seconds": pick["seconds"],
+                    **{key: setting.get(key, value) for key, value in default.items()}, "seconds": pick["seconds"],
                     "peak_bytes": pick["peak_bytes"],
                 }
             )  # fmt: skip

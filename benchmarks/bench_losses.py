@@ -50,6 +50,38 @@ def _maxrss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def timer(device: torch.device, repeats: int = 3) -> Callable[[Callable[[], object]], float]:
+    """Seconds per call of a function: ``triton.testing.do_bench`` on a GPU, else the median of ``repeats`` calls."""
+    if device.type == "cuda":
+        import triton.testing
+
+        return lambda fn: triton.testing.do_bench(fn) / 1e3
+
+    def median(fn: Callable[[], object]) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    return median
+
+
+def peak_memory(device: torch.device, fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """``fn()`` and the peak memory it took above what was allocated before (the process's peak RSS on a CPU)."""
+    if device.type != "cuda":
+        base = max(_rss_bytes(), _maxrss_bytes())
+        out = fn()
+        return out, max(_maxrss_bytes() - base, 0)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, torch.cuda.max_memory_allocated() - base
+
+
 def _trl_style_logps(
     hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, average: bool = False
 ) -> torch.Tensor:
@@ -226,26 +258,8 @@ def _worker(args: argparse.Namespace) -> dict:
         weight.grad = hidden.grad = None
         return step()
 
-    if device.type == "cuda":
-        import triton.testing
-
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        loss = run()
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() - base
-        seconds = triton.testing.do_bench(run) / 1e3
-    else:
-        base = max(_rss_bytes(), _maxrss_bytes())
-        loss = run()
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        peak = _maxrss_bytes() - base
-        seconds = statistics.median(times)
+    loss, peak = peak_memory(device, run)
+    seconds = timer(device, args.repeats)(run)
     return {"method": args.worker, "loss": float(loss), "seconds": seconds, "peak_bytes": peak}
 
 
