@@ -121,12 +121,12 @@ def gold_summary(cfg: Any, rounds: list[dict[str, Any]]) -> list[str]:
         lines.append(f"The interval includes 0: at {n} prompts this difference cannot be told from noise.")
     if cfg.evaluate.prompts == "hidden":
         command = (
-            f"python benchmarks/paper_table.py --task hidden:{judge} --rows 1 2 3 4 5 --seeds 1 2 3 --num-prompts 256"
-            " (docs/results-hidden.md)"
+            f"python benchmarks/paper_table.py --task hidden:{judge} --rows 1 2 3 4 5 --seeds 1 2 3 4 5"
+            " --num-prompts 256 (docs/results-hidden.md)"
         )
     else:
         command = "python benchmarks/paper_table.py (docs/benchmarks.md)"
-    lines.append(f"The real comparison, every method against the same seed over three seeds: {command}")
+    lines.append(f"The real comparison, every method against the same seed over five seeds: {command}")
     return lines
 
 
